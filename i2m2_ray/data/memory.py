@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from i2m2_ray.data.format import Manifest, column_to_numpy, load_manifest, read_table
+from i2m2_ray.data.format import Manifest, column_to_numpy, read_table
+from i2m2_ray.data.validate import check_unique_ids, validate_dataset
 from i2m2_ray.errors import DataError
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -63,8 +64,13 @@ def labels_to_numpy(table: pa.Table, manifest: Manifest, where: str) -> np.ndarr
 
 def load_split(root: str | Path, split: str, manifest: Manifest | None = None,
                modalities: list[str] | None = None) -> TensorSplit:
-    """Read one split into tensors; NaN/inf, missing columns and bad labels fail naming file, column, row."""
-    manifest = manifest or load_manifest(root)
+    """Read one split into tensors; NaN/inf, missing columns and bad labels fail naming file, column, row.
+
+    The quick validation (manifest, footers, schema, row counts) runs first; the data checks a deep
+    validation would do are done here on the decoded arrays, so nothing is read twice.
+    """
+    checked = validate_dataset(root, deep=False, splits=[split])
+    manifest = manifest or checked
     names = modalities or list(manifest.modalities)
     where = str(Path(root) / ",".join(manifest.splits[split].files)) if split in manifest.splits else str(root)
     table = read_table(root, manifest, split)
@@ -82,6 +88,8 @@ def load_split(root: str | Path, split: str, manifest: Manifest | None = None,
             raise DataError(f"{where}: column {spec.column!r} row {row}: NaN or inf values")
         inputs[name] = torch.from_numpy(arr)
     labels = torch.from_numpy(labels_to_numpy(table, manifest, where))
+    if manifest.id_column in table.column_names:
+        check_unique_ids([(Path(where), table.column(manifest.id_column).combine_chunks())], manifest.id_column)
     return TensorSplit(inputs, labels)
 
 
