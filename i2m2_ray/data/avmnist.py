@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, waveform_array
-from i2m2_ray.data.writer import DatasetWriter, Progress
+from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
 from i2m2_ray.errors import DataError
 
 SAMPLE_RATE = 8000
@@ -261,6 +261,7 @@ def prepare_avmnist_raw(mnist_dir: str | Path, fsdd_dir: str | Path, out_dir: st
                         progress: bool = False) -> Path:
     """Rebuild AV-MNIST into ``out_dir``; deterministic for ``cfg.seed``."""
     cfg = cfg or AVMNISTRawConfig()
+    check_output(out_dir, overwrite)
     cfg.check()
     files = find_mnist(mnist_dir)
     train_x, train_y = read_idx(files["train_images"]), read_idx(files["train_labels"])
@@ -422,6 +423,7 @@ def _labels(path: Path, arr: np.ndarray) -> np.ndarray:
 def prepare_avmnist(source: str | Path, out_dir: str | Path, *, val_size: int = 5000, overwrite: bool = False,
                     progress: bool = False) -> Path:
     """Convert the MultiBench npy layout (any float dtype, memory-mapped, chunked) to Parquet."""
+    check_output(out_dir, overwrite)
     source = Path(source)
     if not source.is_dir():
         raise DataError(f"{source}: source directory not found")

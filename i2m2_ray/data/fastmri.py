@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from i2m2_ray.data.avmnist import RunningStats
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array
-from i2m2_ray.data.writer import DatasetWriter, Progress
+from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
 from i2m2_ray.errors import DataError
 
 CLASSES = ["other", "meniscus_tear", "acl", "cartilage"]
@@ -207,6 +207,7 @@ def prepare_fastmri(source: str | Path, annotations: str | Path, file_list: str 
                     cfg: FastMRIConfig | None = None, *, overwrite: bool = False, progress: bool = False) -> Path:
     """Convert fastMRI knee HDF5 volumes under ``source`` to the Parquet format, one row per slice."""
     cfg = cfg or FastMRIConfig()
+    check_output(out_dir, overwrite)
     if cfg.study_level not in ("slice", "volume"):
         raise DataError(f"--study-level must be slice or volume, got {cfg.study_level!r}")
     ann = read_annotations(annotations, file_list)

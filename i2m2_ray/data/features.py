@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from i2m2_ray.data.format import SPLITS, Manifest, ModalitySpec, tensor_array
-from i2m2_ray.data.writer import DatasetWriter
+from i2m2_ray.data.writer import DatasetWriter, check_output
 from i2m2_ray.errors import DataError
 
 
@@ -54,6 +54,7 @@ def prepare_features(source: str | Path, out_dir: str | Path, modalities: dict[s
                      task: str = "multiclass", classes: list[str] | None = None, seed: int = 0,
                      name: str = "features", overwrite: bool = False) -> Path:
     """Convert a Parquet file of embedding vectors into the dataset format (modalities of kind ``features``)."""
+    check_output(out_dir, overwrite)
     source = Path(source)
     if not source.is_file():
         raise DataError(f"{source}: source file not found")

@@ -114,7 +114,11 @@ def load_manifest(root: str | Path) -> Manifest:
 
 def tensor_array(x: np.ndarray) -> pa.ExtensionArray:
     """Fixed-shape tensor column; contiguous first, since polars ignores permutations."""
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x))
+    x = np.ascontiguousarray(x)
+    if x.shape[0] == 0:  # pyarrow refuses empty ndarrays; build the empty column from its storage type
+        typ = pa.fixed_shape_tensor(pa.from_numpy_dtype(x.dtype), list(x.shape[1:]))
+        return pa.ExtensionArray.from_storage(typ, pa.array([], type=typ.storage_type))
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(x)
 
 
 def waveform_array(clips: list[np.ndarray]) -> pa.Array:

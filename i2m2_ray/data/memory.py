@@ -89,7 +89,13 @@ def load_split(root: str | Path, split: str, manifest: Manifest | None = None,
         inputs[name] = torch.from_numpy(arr)
     labels = torch.from_numpy(labels_to_numpy(table, manifest, where))
     if manifest.id_column in table.column_names:
-        check_unique_ids([(Path(where), table.column(manifest.id_column).combine_chunks())], manifest.id_column)
+        ids = [(Path(where), table.column(manifest.id_column).combine_chunks())]
+        for other in manifest.splits:
+            if other != split:
+                path = Path(root) / ",".join(manifest.splits[other].files)
+                ids.append((path, read_table(root, manifest, other, [manifest.id_column])
+                            .column(manifest.id_column).combine_chunks()))
+        check_unique_ids(ids, manifest.id_column)
     return TensorSplit(inputs, labels)
 
 

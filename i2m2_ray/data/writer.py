@@ -54,6 +54,15 @@ class Progress:
         print(msg, file=sys.stderr, flush=True)
 
 
+def check_output(out_dir: str | Path, overwrite: bool) -> None:
+    """Fail before any work if the output exists and may not (or must not) be replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to replace it)")
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
+        raise DataError(f"{out_dir}: exists and is not a prepared dataset; refusing to replace it")
+
+
 class DatasetWriter:
     """Write a dataset split by split, chunk by chunk; ``commit`` validates and renames.
 
@@ -64,10 +73,7 @@ class DatasetWriter:
     def __init__(self, out_dir: str | Path, manifest: Manifest, *, overwrite: bool = False,
                  row_group_size: int = 256) -> None:
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise DataError(f"{self.out_dir}: output directory already exists (pass --overwrite to replace it)")
-        if self.out_dir.exists() and not (self.out_dir / MANIFEST).is_file():
-            raise DataError(f"{self.out_dir}: exists and is not a prepared dataset; refusing to replace it")
+        check_output(self.out_dir, overwrite)
         self.manifest = manifest
         self.row_group_size = row_group_size
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
