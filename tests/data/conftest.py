@@ -117,8 +117,11 @@ def ray_local():
     """One local Ray cluster for the whole session (never `ray stop`: it would kill other users' Ray)."""
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    return ray
+    yield ray
+    if started:
+        ray.shutdown()  # only the cluster this session started
