@@ -22,6 +22,7 @@ import csv
 import hashlib
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,7 +170,9 @@ def find_volumes(source: str | Path) -> list[Volume]:
     return out
 
 
-def _read_volume(path: Path) -> tuple[np.ndarray, bool, str]:
+def _iter_volume(path: Path, chunk: int = 16) -> Iterator[tuple[int, np.ndarray, int, str]]:
+    """Yield (first slice, k-space chunk, coils (0 = single-coil), acquisition), reading ``chunk``
+    slices at a time so a 1 GB multi-coil volume never sits in memory whole."""
     try:
         with h5py.File(path, "r") as f:
             if "kspace" not in f:
@@ -186,13 +189,15 @@ def _read_volume(path: Path) -> tuple[np.ndarray, bool, str]:
                     raise DataError(f"{path}: dataset 'ismrmrd_header' is not valid XML ({exc})") from None
             acq = f.attrs.get("acquisition", "")
             acq = acq.decode() if isinstance(acq, bytes) else str(acq)
-            kspace = ds[()]
+            coils = int(ds.shape[1]) if ds.ndim == 4 else 0
+            for s0 in range(0, ds.shape[0], chunk):
+                k = ds[s0 : s0 + chunk]
+                bad = ~np.isfinite(k.reshape(len(k), -1)).all(axis=1)
+                if bad.any():
+                    raise DataError(f"{path}: dataset 'kspace' slice {s0 + int(np.flatnonzero(bad)[0])}: NaN or inf values")
+                yield s0, k, coils, acq
     except OSError as exc:
-        raise DataError(f"{path}: unreadable HDF5 ({exc})") from None
-    if not np.isfinite(kspace.view(np.float32 if kspace.dtype == np.complex64 else np.float64)).all():
-        bad = ~np.isfinite(kspace).reshape(len(kspace), -1).all(axis=1)
-        raise DataError(f"{path}: dataset 'kspace' row {int(np.flatnonzero(bad)[0])}: NaN or inf values")
-    return kspace, kspace.ndim == 4, acq
+        raise DataError(f"{path}: unreadable HDF5 ({str(exc).splitlines()[0]})") from None
 
 
 @dataclass
@@ -256,15 +261,15 @@ def prepare_fastmri(source: str | Path, annotations: str | Path, file_list: str 
     out_of_range = 0
     with DatasetWriter(out_dir, manifest, overwrite=overwrite, row_group_size=64) as writer:
         for vol in labeled:
-            kspace, multicoil, acq = _read_volume(vol.path)
-            if cfg.keep_kspace and multicoil:
-                raise DataError(f"{vol.path}: --keep-kspace stores single-coil k-space only; this volume is multi-coil")
-            n = len(kspace)
-            out_of_range += int(last_annotated[vol.volume_id] >= n)
             split = split_of[vol.volume_id]
-            for s0 in range(0, n, 16):
-                k, mag, phase = kspace_to_images(kspace[s0 : s0 + 16], multicoil)
+            n = 0
+            for s0, kchunk, coils, acq in _iter_volume(vol.path):
+                if cfg.keep_kspace and coils:
+                    raise DataError(f"{vol.path}: --keep-kspace stores single-coil k-space only; "
+                                    f"this volume has {coils} coils")
+                k, mag, phase = kspace_to_images(kchunk, multicoil=bool(coils))
                 m = len(mag)
+                n = s0 + m
                 findings = [ann.findings(vol.volume_id, s0 + i, cfg.study_level) for i in range(m)]
                 labels = np.stack([label_vector(f) for f in findings])
                 if split == "train":
@@ -281,8 +286,9 @@ def prepare_fastmri(source: str | Path, annotations: str | Path, file_list: str 
                 cols["label"] = tensor_array(labels)
                 cols["findings"] = pa.array(findings, type=pa.list_(pa.string()))
                 cols["acquisition"] = pa.array([acq] * m)
-                cols["coils"] = pa.array(np.full(m, kspace.shape[1] if multicoil else 1, dtype=np.int16))
+                cols["coils"] = pa.array(np.full(m, max(coils, 1), dtype=np.int16))
                 writer.write(split, pa.table(cols))
+            out_of_range += int(last_annotated[vol.volume_id] >= n)
             bar.update(1)
         manifest.modalities["magnitude"].extra.update(mag_stats.as_dict())
         manifest.provenance["volumes_with_annotations_beyond_last_slice"] = out_of_range

@@ -144,3 +144,32 @@ def test_cli_fastmri_keep_kspace_and_volume_scope(fastmri_source, knee_csvs, tmp
     assert m.modalities["kspace"].shape == [2, 640, 400]
     _, rows = _rows(out)
     assert rows[("file1001022", 2)][1:] == ([1, 0, 0, 0], ["artifact"])  # study-level finding on every slice
+
+
+def test_bad_volume_one_line_error_and_no_output(tmp_path, capsys):
+    """Own small annotation files, so this runs without the shared data too."""
+    import h5py
+
+    from i2m2_ray.data.__main__ import main
+
+    from .conftest import write_fastmri_volume
+
+    ids = ["file1000001", "file1000002", "file1000003"]
+    for i, vid in enumerate(ids):
+        write_fastmri_volume(tmp_path / "src" / f"{vid}.h5", 3, seed=i)
+    (tmp_path / "knee.csv").write_text("file,slice,study_level,x,y,width,height,label\n"
+                                       "file1000001,1,No,1,1,4,4,Meniscus Tear\n")
+    (tmp_path / "list.csv").write_text("\n".join(ids) + "\n")
+    args = ["prepare", "fastmri", "--source", str(tmp_path / "src"), "--annotations", str(tmp_path / "knee.csv"),
+            "--file-list", str(tmp_path / "list.csv"), "--out", str(tmp_path / "out" / "knee"), "--quiet"]
+    assert main(args) == 0
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out" / "knee").iterdir())
+    with h5py.File(tmp_path / "src" / "file1000002.h5", "r+") as f:
+        k = f["kspace"][()]
+        k[2, 5, 5] = np.nan
+        f["kspace"][...] = k
+    assert main(args + ["--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "file1000002.h5: dataset 'kspace' slice 2: NaN or inf" in err, err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "out" / "knee").iterdir()) == before
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["knee"]

@@ -1,0 +1,183 @@
+"""Rows per second from Parquet to training batches, per reader mode.
+
+Datasets (written to a temp dir, deleted afterwards):
+- avmnist: image 28x28 + 112x112 spectrogram rows, rebuilt from ../shared/data (real MNIST + FSDD) when
+  present, else the MultiBench layout filled with random numbers of the same shapes;
+- builtin: image + ragged int16 waveform rows (padding in the collate step);
+- mri: fastMRI-layout slices (magnitude + phase 320x320 float32, 4 labels) from generated HDF5 volumes.
+
+Modes: Ray Data streaming (read pipeline per epoch), Ray Data materialized once in the driver,
+plain pyarrow row-group reader inside a torch DataLoader, and the in-memory reader for reference.
+Each mode runs two epochs; the table reports epoch 2 (what every later epoch costs) and the
+time to the first batch of that epoch. Usage: python bench/data_throughput.py [--rows N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from i2m2_ray.data.format import load_manifest  # noqa: E402
+from i2m2_ray.data.memory import iterate_batches, load_split  # noqa: E402
+from i2m2_ray.data.ray_data import RayBatches, choose_mode, collate, estimate_bytes, needed_columns  # noqa: E402
+
+BATCH = 64
+
+
+class ParquetRowGroups(torch.utils.data.IterableDataset):
+    """Plain pyarrow: stream a split's row groups and collate them into batches (no Ray)."""
+
+    def __init__(self, root: Path, split: str) -> None:
+        self.root, self.split = root, split
+        self.manifest = load_manifest(root)
+
+    def __iter__(self):
+        cols = needed_columns(self.manifest)
+        for fname in self.manifest.splits[self.split].files:
+            for rb in pq.ParquetFile(self.root / fname).iter_batches(batch_size=BATCH, columns=cols):
+                yield collate(pa.Table.from_batches([rb]), self.manifest)
+
+
+def _epoch(make_iter) -> tuple[int, float, float]:
+    t0 = time.perf_counter()
+    first = None
+    rows = 0
+    for x, y in make_iter():
+        if first is None:
+            first = time.perf_counter() - t0
+        rows += len(y)
+    return rows, time.perf_counter() - t0, first or 0.0
+
+
+def bench_dataset(name: str, root: Path, split: str = "train") -> list[dict]:
+    results = []
+
+    def record(mode: str, make_iter, setup_s: float = 0.0) -> None:
+        _epoch(make_iter)
+        rows, wall, first = _epoch(make_iter)
+        results.append({"dataset": name, "mode": mode, "rows": rows, "epoch_s": round(wall, 3),
+                        "rows_per_s": round(rows / wall), "first_batch_s": round(first, 3),
+                        "setup_s": round(setup_s, 2)})
+        print(f"  {name:8s} {mode:22s} {rows / wall:9.0f} rows/s  first batch {first:6.2f} s  setup {setup_s:5.2f} s",
+              flush=True)
+
+    t = time.perf_counter()
+    stream = RayBatches(root, split, BATCH, mode="stream", shuffle=True)
+    record("ray-stream", lambda: stream.iter_batches(0), time.perf_counter() - t)
+    t = time.perf_counter()
+    mat = RayBatches(root, split, BATCH, mode="materialize", shuffle=True)
+    record("ray-materialized", lambda: mat.iter_batches(0), time.perf_counter() - t)
+    loader = torch.utils.data.DataLoader(ParquetRowGroups(root, split), batch_size=None, num_workers=1)
+    record("pyarrow+DataLoader(1w)", lambda: iter(loader))
+    loader0 = torch.utils.data.DataLoader(ParquetRowGroups(root, split), batch_size=None, num_workers=0)
+    record("pyarrow+DataLoader(0w)", lambda: iter(loader0))
+    t = time.perf_counter()
+    mem = load_split(root, split)
+    record("in-memory (memory.py)", lambda: iterate_batches(mem, BATCH, shuffle=True), time.perf_counter() - t)
+    for r in results:
+        r["auto_mode"] = choose_mode(root, [split])
+        r["train_bytes"] = estimate_bytes(root, [split])
+    return results
+
+
+def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
+    from i2m2_ray.data.avmnist import AVMNISTRawConfig, prepare_avmnist, prepare_avmnist_raw
+    from i2m2_ray.data.fastmri import FastMRIConfig, prepare_fastmri
+    from i2m2_ray.data.synthetic import SyntheticConfig, generate
+
+    shared = Path(os.environ.get("I2M2_SHARED_DATA", REPO.parent / "shared" / "data"))
+    out = {}
+    if (shared / "mnist").is_dir() and (shared / "fsdd" / "recordings").is_dir():
+        cfg = AVMNISTRawConfig(train_limit=rows + 500, test_limit=200, val_size=500)
+        out["avmnist"] = prepare_avmnist_raw(shared / "mnist", shared / "fsdd", tmp / "avmnist", cfg)
+    else:
+        src = tmp / "mb"
+        rng = np.random.default_rng(0)
+        (src / "image").mkdir(parents=True)
+        (src / "audio").mkdir()
+        for part, n in (("train", rows + 500), ("test", 200)):
+            np.save(src / f"{part}_labels.npy", rng.integers(0, 10, n))
+            np.save(src / "image" / f"{part}_data.npy", rng.standard_normal((n, 784)))
+            np.save(src / "audio" / f"{part}_data.npy", rng.random((n, 112, 112)))
+        out["avmnist"] = prepare_avmnist(src, tmp / "avmnist", val_size=500)
+    out["builtin"] = generate(SyntheticConfig(train_size=rows, val_size=200, test_size=200), tmp / "builtin")
+
+    import h5py
+
+    vols = max(6, rows // 400)
+    ids = [f"file{2000000 + i}" for i in range(vols)]
+    rng = np.random.default_rng(0)
+    (tmp / "mri_src").mkdir()
+    for vid in ids:
+        k = (rng.standard_normal((40, 640, 368), dtype=np.float32) * 1e-4).astype(np.complex64)
+        with h5py.File(tmp / "mri_src" / f"{vid}.h5", "w") as f:
+            f.create_dataset("kspace", data=k)
+            f.create_dataset("ismrmrd_header", data=np.bytes_('<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"/>'))
+            f.attrs["acquisition"] = "CORPD_FBK"
+    (tmp / "knee.csv").write_text("file,slice,study_level,x,y,width,height,label\n"
+                                  + "".join(f"{v},{s},No,1,1,5,5,Meniscus Tear\n" for v in ids for s in (10, 11)))
+    (tmp / "list.csv").write_text("\n".join(ids) + "\n")
+    out["mri"] = prepare_fastmri(tmp / "mri_src", tmp / "knee.csv", tmp / "list.csv", tmp / "mri", FastMRIConfig())
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=4000, help="train rows for avmnist/builtin (mri: ~rows/10 slices)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args()
+
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    with tempfile.TemporaryDirectory(prefix="i2m2-bench-") as tmp:
+        t = time.perf_counter()
+        datasets = make_datasets(Path(tmp), args.rows)
+        print(f"prepared datasets in {time.perf_counter() - t:.1f} s", flush=True)
+        results = []
+        for name, root in datasets.items():
+            results += bench_dataset(name, root)
+    ray.shutdown()
+
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, no GPU used",
+        "python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
+        "pyarrow": pa.__version__, "numpy": np.__version__,
+        "batch_size": BATCH,
+    }
+    lines = ["# Data throughput: Parquet -> training batches", "",
+             *(f"- {k}: {v}" for k, v in env.items()), "",
+             "| dataset | mode | rows/s (epoch 2) | first batch s | setup s | rows | auto mode |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        lines.append(f"| {r['dataset']} | {r['mode']} | {r['rows_per_s']} | {r['first_batch_s']} | {r['setup_s']} "
+                     f"| {r['rows']} | {r['auto_mode']} ({r['train_bytes'] / 2**20:.0f} MiB) |")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "data_throughput.md").write_text(text)
+    (args.out / "data_throughput.json").write_text(json.dumps({"env": env, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
