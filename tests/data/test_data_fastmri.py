@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import torch
 
 from i2m2_ray.data.fastmri import (
