@@ -1,0 +1,190 @@
+"""From (dataset manifest, variant name, model config) to a ``ProductOfExperts``.
+
+Variant names: ``unimodal:<modality>``, ``intra``, ``inter:<fusion>``, ``i2m2:<fusion>``
+with fusion in ``lf`` (late), ``lrtf`` (low-rank tensor), ``early`` (stacked channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from i2m2_ray.data.format import Manifest, ModalitySpec
+from i2m2_ray.errors import ConfigError
+from i2m2_ray.models.encoders import (
+    AudioFrontEnd,
+    LeNet,
+    MLPEncoder,
+    MLPHead,
+    PreActResNet18,
+    WaveformEncoder,
+    lenet_layers_for,
+)
+from i2m2_ray.models.fusion import EarlyFusion, LateFusion, LowRankTensorFusion, TensorFusionExpert, UnimodalExpert
+from i2m2_ray.models.poe import ProductOfExperts
+
+FUSIONS = ("lf", "lrtf", "early")
+INTER = "inter"
+
+
+@dataclass
+class EncoderConfig:
+    """``arch``: auto picks LeNet for grids and waveforms (ResNet for grids >= 128 px), MLP for features."""
+
+    arch: str = "auto"
+    layers: int | None = None  # LeNet extra blocks; None derives it from the input size
+    hidden: int = 256  # MLP encoder width
+    out_dim: int = 128  # MLP encoder output
+
+    def validate(self, where: str = "") -> None:
+        if self.arch not in ("auto", "lenet", "resnet18", "mlp"):
+            raise ConfigError(f"{where}.arch: unknown encoder {self.arch!r} (auto, lenet, resnet18, mlp)")
+
+
+@dataclass
+class FrontEndConfig:
+    """Waveform -> spectrogram settings; None takes the dataset's hint from its manifest."""
+
+    n_fft: int | None = None
+    hop_length: int | None = None
+    log: bool = True
+    normalize: bool = True
+    freq_mask: int = 0
+    time_mask: int = 0
+
+
+@dataclass
+class ModelConfig:
+    unimodal_channels: int = 3  # LeNet base channels of unimodal experts (paper: 3)
+    inter_channels: int = 6  # LeNet base channels inside inter models (paper: 6)
+    hidden: int = 100  # head MLP width
+    lrtf_rank: int = 40
+    lrtf_out: int = 120
+    modalities: list[str] | None = None  # subset of the dataset's modalities; None = all
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+
+
+@dataclass(frozen=True)
+class Variant:
+    family: str  # unimodal | intra | inter | i2m2
+    arg: str | None  # modality for unimodal, fusion for inter/i2m2
+
+    def __str__(self) -> str:
+        return self.family if self.arg is None else f"{self.family}:{self.arg}"
+
+
+def parse_variant(name: str, modalities: list[str] | tuple[str, ...]) -> Variant:
+    """Check a variant name against the dataset's modalities; errors list what is valid."""
+    family, _, arg = str(name).partition(":")
+    valid = [f"unimodal:{m}" for m in modalities] + ["intra"] + [f"{f}:{x}" for f in ("inter", "i2m2") for x in FUSIONS]
+    if family == "unimodal":
+        if arg not in modalities:
+            raise ConfigError(f"variant {name!r}: unknown modality {arg!r} (dataset has {', '.join(modalities)})")
+        return Variant("unimodal", arg)
+    if family == "intra" and not arg:
+        return Variant("intra", None)
+    if family in ("inter", "i2m2") and arg in FUSIONS:
+        return Variant(family, arg)
+    raise ConfigError(f"unknown variant {name!r} (valid: {', '.join(valid)})")
+
+
+def _spatial(spec: ModalitySpec, cfg: ModelConfig) -> tuple[int, int, int]:
+    if spec.kind == "waveform":
+        n_fft = cfg.frontend.n_fft or spec.extra.get("n_fft", 254)
+        hop = cfg.frontend.hop_length or spec.extra.get("hop_length", n_fft // 2)
+        return (1, n_fft // 2 + 1, spec.shape[0] // hop + 1)
+    return spec.model_shape()  # type: ignore[return-value]
+
+
+def build_encoder(name: str, spec: ModalitySpec, cfg: ModelConfig, channels: int,
+                  in_channels: int | None = None) -> nn.Module:
+    """One modality's encoder; ``channels`` is the LeNet base width (unimodal 3, inter 6)."""
+    enc_cfg = cfg.encoders.get(name, EncoderConfig())
+    if spec.kind == "features":
+        if enc_cfg.arch not in ("auto", "mlp"):
+            raise ConfigError(f"model.encoders.{name}.arch: feature vectors need 'mlp', got {enc_cfg.arch!r}")
+        in_dim = 1
+        for d in spec.shape:
+            in_dim *= d
+        return MLPEncoder(in_dim, enc_cfg.hidden, enc_cfg.out_dim)
+    c, h, w = _spatial(spec, cfg)
+    c = in_channels or c
+    arch = enc_cfg.arch
+    if arch == "mlp":
+        raise ConfigError(f"model.encoders.{name}.arch: 'mlp' is for feature vectors, {name!r} is a {spec.kind}")
+    if arch == "auto":
+        arch = "resnet18" if min(h, w) >= 128 and spec.kind == "image" else "lenet"
+    if arch == "resnet18":
+        encoder: nn.Module = PreActResNet18(c)
+    else:
+        encoder = LeNet(c, channels, enc_cfg.layers or lenet_layers_for(h, w))
+    if spec.kind == "waveform":
+        fe = cfg.frontend
+        n_fft = fe.n_fft or spec.extra.get("n_fft", 254)
+        hop = fe.hop_length or spec.extra.get("hop_length", n_fft // 2)
+        encoder = WaveformEncoder(AudioFrontEnd(n_fft, hop, fe.log, fe.normalize, fe.freq_mask, fe.time_mask), encoder)
+    return encoder
+
+
+def _inter_expert(fusion: str, manifest: Manifest, mods: list[str], cfg: ModelConfig) -> nn.Module:
+    if len(mods) < 2:
+        raise ConfigError(f"inter:{fusion} needs at least two modalities, dataset has {', '.join(mods)}")
+    k, heads = manifest.num_classes, manifest.num_heads
+    if fusion == "early":
+        shapes = {m: _spatial(manifest.modalities[m], cfg) for m in mods}
+        grids = {s[1:] for s in shapes.values()}
+        if len(grids) != 1 or any(manifest.modalities[m].kind == "features" for m in mods):
+            detail = ", ".join(f"{m} {list(s)}" for m, s in shapes.items())
+            raise ConfigError(f"inter:early: modalities must share one grid to stack as channels ({detail})")
+        in_ch = sum(s[0] for s in shapes.values())
+        encoder = build_encoder(mods[0], manifest.modalities[mods[0]], cfg, cfg.inter_channels, in_channels=in_ch)
+        return EarlyFusion(mods, encoder, MLPHead(encoder.out_dim, cfg.hidden, k, heads))
+    encoders = {m: build_encoder(m, manifest.modalities[m], cfg, cfg.inter_channels) for m in mods}
+    dims = [e.out_dim for e in encoders.values()]
+    if fusion == "lf":
+        return LateFusion(encoders, MLPHead(sum(dims), cfg.hidden, k, heads))
+    fusion_layer = LowRankTensorFusion(dims, cfg.lrtf_out, cfg.lrtf_rank)
+    return TensorFusionExpert(encoders, fusion_layer, MLPHead(cfg.lrtf_out, cfg.hidden, k, heads))
+
+
+def _unimodal_expert(m: str, manifest: Manifest, cfg: ModelConfig) -> UnimodalExpert:
+    encoder = build_encoder(m, manifest.modalities[m], cfg, cfg.unimodal_channels)
+    return UnimodalExpert(m, encoder, MLPHead(encoder.out_dim, cfg.hidden, manifest.num_classes, manifest.num_heads))
+
+
+def model_modalities(manifest: Manifest, cfg: ModelConfig) -> list[str]:
+    mods = list(cfg.modalities or manifest.modalities)
+    for m in mods:
+        if m not in manifest.modalities:
+            raise ConfigError(f"model.modalities: unknown modality {m!r} (dataset has {', '.join(manifest.modalities)})")
+    return mods
+
+
+def build_model(manifest: Manifest, variant: str | Variant, cfg: ModelConfig | None = None) -> ProductOfExperts:
+    """The one builder for every variant: experts are named by modality, plus ``inter``."""
+    cfg = cfg or ModelConfig()
+    mods = model_modalities(manifest, cfg)
+    v = variant if isinstance(variant, Variant) else parse_variant(variant, mods)
+    experts: dict[str, nn.Module] = {}
+    if v.family == "unimodal":
+        experts[v.arg] = _unimodal_expert(v.arg, manifest, cfg)  # type: ignore[index]
+    if v.family in ("intra", "i2m2"):
+        if v.family == "intra" and len(mods) < 2:
+            raise ConfigError(f"intra needs at least two modalities, dataset has {', '.join(mods)}")
+        experts.update({m: _unimodal_expert(m, manifest, cfg) for m in mods})
+    if v.family in ("inter", "i2m2"):
+        experts[INTER] = _inter_expert(v.arg, manifest, mods, cfg)  # type: ignore[arg-type]
+    return ProductOfExperts(experts)
+
+
+def stage1_variants(variant: str | Variant, modalities: list[str]) -> dict[str, str]:
+    """Which stage-1 model each expert of an intra / I2M2 model is initialised from."""
+    v = variant if isinstance(variant, Variant) else parse_variant(variant, modalities)
+    if v.family not in ("intra", "i2m2"):
+        return {}
+    out = {m: f"unimodal:{m}" for m in modalities}
+    if v.family == "i2m2":
+        out[INTER] = f"inter:{v.arg}"
+    return out

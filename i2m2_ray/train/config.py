@@ -1,0 +1,98 @@
+"""The run config: one variant, one dataset, one optimiser setting. Loaded from YAML + overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from i2m2_ray.config import deep_merge, from_dict, load_yaml, parse_overrides
+from i2m2_ray.data.synthetic import SyntheticConfig
+from i2m2_ray.errors import ConfigError
+from i2m2_ray.models.builder import ModelConfig
+
+METRICS = ("accuracy", "balanced_accuracy", "auroc", "loss", "ece")
+
+
+@dataclass
+class DatasetConfig:
+    """A prepared dataset directory, or (``path: null``) the built-in generator with its knobs."""
+
+    path: str | None = None
+    builtin: SyntheticConfig = field(default_factory=SyntheticConfig)
+    cache_dir: str | None = None  # where the built-in dataset is written; default ~/.cache/i2m2_ray
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    grad_clip: float | None = 8.0
+    batch_size: int = 40
+
+    def validate(self, where: str = "optim") -> None:
+        if self.name not in ("sgd", "adamw"):
+            raise ConfigError(f"{where}.name: unknown optimizer {self.name!r} (sgd, adamw)")
+        if not self.lr > 0:
+            raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"{where}.grad_clip: must be > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved as ``config.yaml`` in its run directory."""
+
+    variant: str = "i2m2:lf"
+    seed: int = 0
+    epochs: int = 10
+    patience: int | None = 10  # epochs without val improvement before stopping; null = never
+    metric: str = "accuracy"  # validation metric for early stopping and the best checkpoint
+    mode: str = "max"
+    class_weighted: bool = False  # inverse-frequency class weights (per head for multi-label)
+    eval_batch_size: int = 256
+    run_dir: str = "runs/train"
+    resume: bool = True  # continue from the last checkpoint in run_dir
+    keep_checkpoints: int = 2  # best k by the metric (the latest is always kept too)
+    threads: int | None = None  # torch intra-op threads; null = torch's default
+    gpu: str = "auto"  # auto | true | false
+    tensorboard: bool = True
+    init: dict[str, str] = field(default_factory=dict)  # expert (modality or "inter") -> stage-1 state dict
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self, where: str = "") -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience: must be >= 1 or null, got {self.patience}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric: unknown metric {self.metric!r} ({', '.join(METRICS)})")
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"mode: must be max or min, got {self.mode!r}")
+        if str(self.gpu).lower() not in ("auto", "true", "false"):
+            raise ConfigError(f"gpu: must be auto, true or false, got {self.gpu!r}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("i2m2_ray") / "configs" / "train.yaml"))
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                      extra: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults <- YAML file <- ``extra`` mapping <- ``key=value`` overrides, validated in one go."""
+    data = load_yaml(path or default_config_path())
+    if extra:
+        data = deep_merge(data, extra)
+    data = deep_merge(data, parse_overrides(overrides or []))
+    return from_dict(TrainConfig, data)
