@@ -209,7 +209,7 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
           data: Any = None, console: bool = True) -> dict[str, Any]:
     """Train ``cfg.variant`` and return the final metrics (best validation epoch, test split)."""
     run_dir = Path(cfg.run_dir)
-    session = session or LocalSession(run_dir, cfg.metric, cfg.mode, cfg.keep_checkpoints)
+    session = session or LocalSession(run_dir, cfg.metric, cfg.mode, cfg.keep_checkpoints, cfg.resume)
     rank, world = session.rank, session.world_size
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -223,9 +223,6 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     model.to(device)
     resolved = to_dict(cfg)
     state = session.load_state()
-    if state is None and not cfg.resume and rank == 0 and (run_dir / "checkpoints").is_dir() \
-            and any((run_dir / "checkpoints").iterdir()):
-        raise CheckpointError(f"{run_dir}: has checkpoints but resume=false; choose a new run_dir")
     if state is not None:
         _check_resumable(state["config"], resolved, run_dir)
     data = data or InMemoryData(root, manifest, mods)

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from i2m2_ray.errors import CheckpointError
+
 STATE_FILE = "state.pt"
 
 
@@ -60,9 +62,9 @@ class LocalSession:
     rank = 0
     world_size = 1
 
-    def __init__(self, run_dir: str | Path, metric: str, mode: str, keep: int = 2) -> None:
+    def __init__(self, run_dir: str | Path, metric: str, mode: str, keep: int = 2, resume: bool = True) -> None:
         self.ckpt_dir = Path(run_dir) / "checkpoints"
-        self.metric, self.mode, self.keep = f"val/{metric}", mode, keep
+        self.metric, self.mode, self.keep, self.resume = f"val/{metric}", mode, keep, resume
 
     def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
         return model
@@ -99,4 +101,6 @@ class LocalSession:
 
     def load_state(self) -> dict[str, Any] | None:
         found = self.checkpoints()
+        if found and not self.resume:
+            raise CheckpointError(f"{self.ckpt_dir}: has checkpoints but resume=false; choose a new run_dir")
         return load_state_file(found[-1] / STATE_FILE) if found else None
