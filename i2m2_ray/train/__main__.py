@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     shown = {k: v for k, v in result.items() if "/expert/" not in k and "auroc/" not in k}
     print(json.dumps(shown, indent=2, default=float))
-    print(f"run directory: {cfg.run_dir} (model.pt, result.json, config.yaml, tensorboard/)")
+    print(f"run directory: {cfg.run_dir} (model.pt, final.json, config.yaml, tensorboard/)")
     return 0
 
 

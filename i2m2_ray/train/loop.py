@@ -34,7 +34,8 @@ from i2m2_ray.train.metrics import classification_metrics
 from i2m2_ray.train.session import LocalSession, Session, unwrap
 
 MODEL_FILE = "model.pt"
-RESULT_FILE = "result.json"
+INIT_FILE = "init.pt"
+RESULT_FILE = "final.json"  # not result.json: Tune writes its own into a trial directory
 # Config sections that must match for a run directory to be resumed.
 RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode")
 
@@ -220,6 +221,9 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     model = build_model(manifest, cfg.variant, cfg.model)
     if cfg.init:
         init_from_stage1(model, cfg.init)
+        if rank == 0:  # the exact starting weights, so stage-2 provenance can be checked, not assumed
+            run_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), run_dir / INIT_FILE)
     model.to(device)
     resolved = to_dict(cfg)
     state = session.load_state()
@@ -298,7 +302,7 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
 def finish(cfg: TrainConfig, model: nn.Module, data: Any, manifest: Manifest, device: torch.device,
            run_dir: Path, rank: int, best: float | None, best_epoch: int, last_epoch: int,
            seconds: float, loggers: list[MetricLogger]) -> dict[str, Any]:
-    """Evaluate the best epoch's weights on val and test; write ``result.json`` on rank 0."""
+    """Evaluate the best epoch's weights on val and test; write ``final.json`` on rank 0."""
     best_path = run_dir / MODEL_FILE
     if best_path.is_file():
         unwrap(model).load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))

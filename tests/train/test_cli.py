@@ -33,7 +33,7 @@ def test_cli_trains_and_prints_final_metrics(tmp_path, small_dataset):
                "epochs=2", "tensorboard=false")
     assert proc.returncode == 0, proc.stderr
     assert "epoch   2/2" in proc.stdout and '"test/accuracy"' in proc.stdout
-    assert json.loads((tmp_path / "run" / "result.json").read_text())["epochs_run"] == 2
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["epochs_run"] == 2
 
 
 @pytest.mark.parametrize(("args", "fragments"), [

@@ -33,7 +33,7 @@ def test_run_directory_contents_and_checkpoint_retention(tmp_path, small_dataset
     run = tmp_path / "run"
     result = train(config(run, small_dataset, variant="intra", epochs=4, keep_checkpoints=1), console=False)
     assert (run / "config.yaml").is_file() and (run / "model.pt").is_file()
-    saved = json.loads((run / "result.json").read_text())
+    saved = json.loads((run / "final.json").read_text())
     assert saved["test/accuracy"] == result["test/accuracy"]
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "epoch_004" in kept and len(kept) <= 2
