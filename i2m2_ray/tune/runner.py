@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,33 @@ class TrialPrinter:
         return _Printer()
 
 
+def trial_dirname(trial) -> str:
+    """Short trial directory names (Tune's default embeds the whole config, base included)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _interrupt_handler(sig: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _fit(tuner):
+    """``tuner.fit()`` that tells whether it ended because of SIGINT.
+
+    Tune's own handler takes over SIGINT during fit and, when it fires, stops the run gracefully
+    and puts back the handler it found. So: install ours first; if ours is back afterwards,
+    the run was interrupted (Tune's trial statuses alone do not say so reliably).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+    signal.signal(signal.SIGINT, _interrupt_handler)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is _interrupt_handler
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return grid, interrupted
+
+
 def _concurrency(exp: ExperimentConfig) -> int:
     import ray
 
@@ -128,6 +157,7 @@ def _run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict
         b = exp.budget
         tune_config = tune.TuneConfig(
             metric=key, mode=exp.mode, max_concurrent_trials=_concurrency(exp),
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
             num_samples=b.trials if search else 1,
             search_alg=OptunaSearch(seed=exp.seed + sum(map(ord, variant))) if search else None,
             scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
@@ -137,10 +167,11 @@ def _run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=1))
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    grid = tuner.fit()
+    grid, interrupted = _fit(tuner)
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
-    if unfinished:
-        raise Interrupted(f"{name}: {unfinished} trial(s) did not finish; re-run the same command to resume")
+    if interrupted or unfinished:
+        raise Interrupted(f"{name} was stopped before all its trials finished; "
+                          "re-run the same command to resume")
     return grid
 
 

@@ -1,5 +1,5 @@
 """Fixtures for the data-layer tests: real shared data (skipped when absent), real fastMRI-layout
-HDF5 volumes, small prepared datasets, and one local Ray cluster per test session."""
+HDF5 volumes and small prepared datasets (the session Ray cluster, ``ray_local``, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -110,18 +110,3 @@ def builtin_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("builtin") / "ds"
     return generate(SyntheticConfig(train_size=300, val_size=100, test_size=100, seed=3), out)
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """One local Ray cluster for the whole session (never `ray stop`: it would kill other users' Ray)."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    if started:
-        ray.shutdown()  # only the cluster this session started

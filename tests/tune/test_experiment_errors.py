@@ -1,0 +1,62 @@
+"""Every experiment-file error is one line, exit code 2, before Ray or any trial starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from i2m2_ray.errors import ConfigError
+from i2m2_ray.tune.experiment import load_experiment
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tune_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "i2m2_ray.tune", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["budgett.trials=2"], "unknown config key 'budgett'"),
+    (["search.lr=[0.1,0.01]"], "search.lr: need a log-uniform range"),
+    (["search.weight_decay=[0,0.1]"], "search.weight_decay: need a log-uniform range"),
+    (["variants=[unimodal:image,inter:xyz]"], "unknown variant 'inter:xyz'"),
+    (["variants=[unimodal:depth]"], "unknown modality 'depth'"),
+    (["variants=[unimodal:image,i2m2:lf]"], "'i2m2:lf' is initialised from unimodal:audio, inter:lf"),
+    (["train.optim.lrr=1"], "unknown config key 'optim.lrr'"),
+    (["train.epochs=3"], "train.epochs: set by the experiment"),
+    (["budget.grace_period=20"], "budget.grace_period: must be in [1, max_epochs=8]"),
+    (["final.seeds=[1,1]"], "final.seeds: need at least one seed, all distinct"),
+    (["search_overrides.intra:lf.lr=[0.1,1]"], "search_overrides.intra:lf: not one of the experiment's variants"),
+])
+def test_config_errors_fail_before_anything_starts(tmp_path, args, fragment):
+    out = tmp_path / "exp"
+    proc = tune_cli(f"output_dir={out}", *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
+    assert not out.exists(), "nothing may be written before the experiment is valid"
+
+
+def test_malformed_experiment_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbudget: {trials: 2\n")
+    proc = tune_cli(str(bad))
+    assert proc.returncode == 2 and "malformed YAML" in proc.stderr and str(bad) in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["default", "avmnist", "fastmri", "features"])
+def test_shipped_experiment_files_load(name):
+    exp = load_experiment(REPO / "search_spaces" / f"{name}.yaml")
+    assert exp.variants and exp.budget.trials >= 1
+
+
+def test_stage_split_follows_the_method():
+    exp = load_experiment(REPO / "search_spaces" / "default.yaml")
+    assert exp.stage1() == ["unimodal:image", "unimodal:audio", "inter:lf", "inter:lrtf"]
+    assert exp.stage2() == ["intra", "i2m2:lf", "i2m2:lrtf"]
+    with pytest.raises(ConfigError, match="train.variant"):
+        load_experiment(REPO / "search_spaces" / "default.yaml", ["train.variant=intra"])

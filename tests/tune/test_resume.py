@@ -1,0 +1,73 @@
+"""Interrupt the driver with a real signal mid-experiment, resume, and check nothing ran twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+ARGS = ["variants=[unimodal:image,unimodal:audio,intra]", "budget.trials=2", "budget.max_epochs=3",
+        "budget.grace_period=3", "final.seeds=[0]", "dataset.builtin.train_size=300",
+        "dataset.builtin.val_size=60", "dataset.builtin.test_size=60", "--num-cpus", "2"]
+
+
+def start(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "i2m2_ray.tune", f"output_dir={out}", *ARGS], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"driver did not finish in {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def reported_epochs(trial_dir: Path) -> list[int]:
+    lines = (trial_dir / "result.json").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+
+
+def test_sigint_then_resume_runs_each_trial_once(tmp_path):
+    out = tmp_path / "exp"
+    proc = start(out)
+    deadline = time.monotonic() + 300
+    # Interrupt during the second search, once one of its epochs has been reported.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((out / "search-unimodal-audio").glob("*/result.json")) and any(
+                p.stat().st_size for p in (out / "search-unimodal-audio").glob("*/result.json")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "experiment ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGINT)
+    code, stdout, stderr = finish(proc, 180)
+    assert code == 130, (stdout, stderr)
+    assert "re-run the same command to resume" in stderr
+    state = json.loads((out / "state.json").read_text())["phases"]
+    assert "search-unimodal-image" in state and "final" not in state
+    first_image_trials = {t["trial_dir"] for t in state["search-unimodal-image"]["trials"]}
+
+    code, stdout, stderr = finish(start(out), 400)
+    assert code == 0, (stdout, stderr)
+    assert "unimodal:image: search already finished" in stdout
+    state = json.loads((out / "state.json").read_text())["phases"]
+    assert {t["trial_dir"] for t in state["search-unimodal-image"]["trials"]} == first_image_trials
+    for phase in ("search-unimodal-image", "search-unimodal-audio", "search-intra"):
+        trials = [p.parent for p in (out / phase).glob("*/params.json")]
+        assert len(trials) == 2, (phase, trials)  # no trial was started twice
+        for trial in trials:
+            epochs = reported_epochs(trial)
+            assert epochs == sorted(set(epochs)), (trial, epochs)  # no epoch trained or reported twice
+    table = (out / "results.csv").read_text().splitlines()
+    assert len(table) == 1 + 3 and all(",done" in row for row in table[1:])
