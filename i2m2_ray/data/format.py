@@ -14,13 +14,14 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from i2m2_ray.errors import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -114,6 +115,8 @@ def load_manifest(root: str | Path) -> Manifest:
 
 def tensor_array(x: np.ndarray) -> pa.ExtensionArray:
     """Fixed-shape tensor column; contiguous first, since polars ignores permutations."""
+    import pyarrow as pa  # lazy: models and the in-process loop import this module without pyarrow
+
     x = np.ascontiguousarray(x)
     if x.shape[0] == 0:  # pyarrow refuses empty ndarrays; build the empty column from its storage type
         typ = pa.fixed_shape_tensor(pa.from_numpy_dtype(x.dtype), list(x.shape[1:]))
@@ -123,6 +126,8 @@ def tensor_array(x: np.ndarray) -> pa.ExtensionArray:
 
 def waveform_array(clips: list[np.ndarray]) -> pa.Array:
     """Ragged int16 audio column; padding happens at read/collate time."""
+    import pyarrow as pa
+
     return pa.array([np.asarray(c, dtype=np.int16) for c in clips], type=pa.list_(pa.int16()))
 
 
@@ -134,6 +139,8 @@ def write_dataset(
     overwrite: bool = False,
 ) -> Path:
     """Write splits + manifest into a sibling temp dir, then rename: no half-written datasets."""
+    import pyarrow.parquet as pq
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir}: output directory already exists (pass overwrite to replace it)")
@@ -163,6 +170,9 @@ def write_dataset(
 
 def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[str] | None = None) -> pa.Table:
     """Read one split's Parquet files; a corrupt file fails naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if split not in manifest.splits:
         raise DataError(f"{Path(root) / MANIFEST}: split {split!r} not in manifest (has {', '.join(manifest.splits)})")
     parts = []
@@ -179,6 +189,8 @@ def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[s
 
 def column_to_numpy(table: pa.Table, spec: ModalitySpec, where: str) -> np.ndarray:
     """Decode one modality column into a float32 array shaped (N, *model_shape)."""
+    import pyarrow as pa
+
     col = table.column(spec.column).combine_chunks()
     if spec.kind == "waveform":
         max_len = int(spec.shape[0])

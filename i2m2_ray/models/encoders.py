@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import nn
 
 
@@ -104,6 +103,8 @@ class AudioFrontEnd(nn.Module):
 
     def __init__(self, n_fft: int, hop_length: int, log: bool = True, normalize: bool = True,
                  freq_mask: int = 0, time_mask: int = 0) -> None:
+        import torchaudio  # lazy: only waveform models need it; the GPU bench runs without it
+
         super().__init__()
         self.spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=2.0)
         self.log, self.normalize = log, normalize

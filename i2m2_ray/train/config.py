@@ -64,6 +64,12 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; null = torch's default
     gpu: str = "auto"  # auto | true | false
     tensorboard: bool = True
+    workers: int = 1  # data-parallel workers; > 1 runs under Ray Train's TorchTrainer
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: for encoders too large to replicate)
+    launcher: str = "auto"  # auto (in-process for 1 worker, Ray Train above) | local | ray
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # used when the run uses GPUs
+    max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
     init: dict[str, str] = field(default_factory=dict)  # expert (modality or "inter") -> stage-1 state dict
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -80,6 +86,21 @@ class TrainConfig:
             raise ConfigError(f"mode: must be max or min, got {self.mode!r}")
         if str(self.gpu).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"gpu: must be auto, true or false, got {self.gpu!r}")
+        if self.workers < 1:
+            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"strategy: must be ddp or fsdp, got {self.strategy!r}")
+        if self.launcher not in ("auto", "local", "ray"):
+            raise ConfigError(f"launcher: must be auto, local or ray, got {self.launcher!r}")
+        if self.launcher == "local" and self.workers > 1:
+            raise ConfigError(f"launcher=local runs one worker in-process; workers={self.workers} needs auto or ray")
+        if not self.cpus_per_worker >= 0 or not self.gpus_per_worker >= 0:
+            raise ConfigError("cpus_per_worker / gpus_per_worker: must be >= 0")
+        if self.max_failures < -1:
+            raise ConfigError(f"max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
+        if self.optim.batch_size % self.workers:
+            raise ConfigError(f"optim.batch_size: {self.optim.batch_size} is the global batch and must be "
+                              f"divisible by workers={self.workers}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
 

@@ -14,24 +14,23 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2m2_ray.config import save_yaml, to_dict
 from i2m2_ray.data.format import Manifest, load_manifest
-from i2m2_ray.data.memory import TensorSplit, iterate_batches, load_split
-from i2m2_ray.data.synthetic import generate
 from i2m2_ray.errors import CheckpointError, ConfigError, DataError
 from i2m2_ray.models import build_model, init_from_stage1, parse_variant
 from i2m2_ray.models.builder import model_modalities
-from i2m2_ray.train.config import DatasetConfig, OptimConfig, TrainConfig
 from i2m2_ray.train.logging import ConsoleLogger, MetricLogger, TensorBoardLogger
 from i2m2_ray.train.metrics import classification_metrics
 from i2m2_ray.train.session import LocalSession, Session, unwrap
+
+if TYPE_CHECKING:  # pyarrow and yaml stay lazy so the models and train_epoch run with torch + numpy only
+    from i2m2_ray.train.config import DatasetConfig, OptimConfig, TrainConfig
 
 MODEL_FILE = "model.pt"
 INIT_FILE = "init.pt"
@@ -56,6 +55,8 @@ def resolve_dataset(cfg: DatasetConfig) -> Path:
     key = hashlib.sha256(json.dumps(asdict(cfg.builtin), sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root(cfg) / f"builtin-{key}"
     if not (path / "manifest.json").is_file():
+        from i2m2_ray.data.synthetic import generate
+
         try:
             generate(cfg.builtin, path)
         except (DataError, OSError):
@@ -103,6 +104,8 @@ class InMemoryData:
     """The splits as tensors in RAM; batches are tensor slices (no DataLoader overhead)."""
 
     def __init__(self, root: Path, manifest: Manifest, modalities: list[str]) -> None:
+        from i2m2_ray.data.memory import load_split
+
         self.manifest = manifest
         self.splits = {s: load_split(root, s, manifest, modalities) for s in ("train", "val", "test")
                        if s in manifest.splits}
@@ -114,10 +117,14 @@ class InMemoryData:
         return self.splits["train"].labels
 
     def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
+        from i2m2_ray.data.memory import iterate_batches
+
         return iterate_batches(self.splits["train"], batch_size, shuffle=True, seed=seed, epoch=epoch,
                                rank=rank, world_size=world_size)
 
     def eval_batches(self, split: str, batch_size: int):
+        from i2m2_ray.data.memory import iterate_batches
+
         return iterate_batches(self.splits[split], batch_size, shuffle=False)
 
     def has(self, split: str) -> bool:
@@ -197,6 +204,39 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Pa
                                   f"({saved.get(key)!r} vs now {current.get(key)!r}); use a new run_dir")
 
 
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    """``optim.batch_size`` is the GLOBAL batch: each of ``world_size`` workers takes an equal share,
+    so N workers step on the same samples, with the same averaged gradient, as one worker does."""
+    if global_batch % world_size:
+        raise ConfigError(f"optim.batch_size: {global_batch} is the global batch and must be divisible by "
+                          f"workers={world_size}")
+    return global_batch // world_size
+
+
+def load_model_state(session: Session | None, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """A plain full state dict into a possibly wrapped model; sharded (FSDP) sessions scatter it themselves."""
+    load = getattr(session, "load_model_state", None)
+    if load is not None:
+        load(model, state)
+    else:
+        unwrap(model).load_state_dict(state)
+
+
+def optimizer_state(session: Session | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state to checkpoint; called on every rank since sharded sessions gather it."""
+    get = getattr(session, "optimizer_state", None)
+    return get(model, optimizer) if get is not None else optimizer.state_dict()
+
+
+def load_optimizer_state(session: Session | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         state: dict[str, Any]) -> None:
+    load = getattr(session, "load_optimizer_state", None)
+    if load is not None:
+        load(model, optimizer, state)
+    else:
+        optimizer.load_state_dict(state)
+
+
 def prepare_run(cfg: TrainConfig) -> tuple[Path, Manifest, list[str]]:
     """Resolve and check the dataset and variant before any training starts."""
     root = resolve_dataset(cfg.dataset)
@@ -209,9 +249,12 @@ def prepare_run(cfg: TrainConfig) -> tuple[Path, Manifest, list[str]]:
 def train(cfg: TrainConfig, session: Session | None = None, loggers: list[MetricLogger] | None = None,
           data: Any = None, console: bool = True) -> dict[str, Any]:
     """Train ``cfg.variant`` and return the final metrics (best validation epoch, test split)."""
+    from i2m2_ray.config import save_yaml, to_dict
+
     run_dir = Path(cfg.run_dir)
     session = session or LocalSession(run_dir, cfg.metric, cfg.mode, cfg.keep_checkpoints, cfg.resume)
     rank, world = session.rank, session.world_size
+    batch_size = per_worker_batch(cfg.optim.batch_size, world)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root, manifest, mods = prepare_run(cfg)
@@ -236,8 +279,8 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
 
     start_epoch, best, best_epoch, stale = 0, None, 0, 0
     if state is not None:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_model_state(session, wrapped, state["model"])
+        load_optimizer_state(session, wrapped, optimizer, state["optimizer"])
         torch.set_rng_state(state["rng"])
         start_epoch, best, best_epoch, stale = state["epoch"], state["best"], state["best_epoch"], state["stale"]
 
@@ -257,8 +300,11 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
         if stopped_early:
             break
         t0 = time.perf_counter()
-        batches = data.train_batches(cfg.optim.batch_size, cfg.seed, epoch, rank, world)
+        batches = data.train_batches(batch_size, cfg.seed, epoch, rank, world)
         train_loss, seen = train_epoch(wrapped, optimizer, batches, weights, cfg.optim.grad_clip, device)
+        sync = getattr(session, "sync_epoch", None)  # optional: distributed sessions align ranks here
+        if sync is not None:
+            train_loss = sync(wrapped, train_loss)
         train_s = time.perf_counter() - t0
         val, val_lp, val_y = evaluate(wrapped, data.eval_batches("val", cfg.eval_batch_size), device, manifest, "val")
         value = val[metric_key]
@@ -280,8 +326,9 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
             lg.log(epoch, metrics)
             lg.log_predictions(epoch, val_lp, val_y, manifest.classes)
         ckpt = None
+        optim_state = optimizer_state(session, wrapped, optimizer)  # a collective for sharded optimizers
         if rank == 0:
-            ckpt = {"model": session.model_state(wrapped), "optimizer": optimizer.state_dict(),
+            ckpt = {"model": session.model_state(wrapped), "optimizer": optim_state,
                     "epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale,
                     "stopped": stopped_early, "rng": torch.get_rng_state(), "config": resolved}
         else:
@@ -292,8 +339,8 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
                 print(f"[{cfg.variant}] early stop: no {cfg.metric} improvement for {cfg.patience} epochs", flush=True)
             break
 
-    result = finish(cfg, model, data, manifest, device, run_dir, rank, best, best_epoch,
-                    epoch, time.perf_counter() - started, loggers)
+    result = finish(cfg, wrapped, data, manifest, device, run_dir, rank, best, best_epoch,
+                    epoch, time.perf_counter() - started, loggers, session)
     for lg in loggers:
         lg.close()
     return result
@@ -301,11 +348,11 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
 
 def finish(cfg: TrainConfig, model: nn.Module, data: Any, manifest: Manifest, device: torch.device,
            run_dir: Path, rank: int, best: float | None, best_epoch: int, last_epoch: int,
-           seconds: float, loggers: list[MetricLogger]) -> dict[str, Any]:
+           seconds: float, loggers: list[MetricLogger], session: Session | None = None) -> dict[str, Any]:
     """Evaluate the best epoch's weights on val and test; write ``final.json`` on rank 0."""
     best_path = run_dir / MODEL_FILE
     if best_path.is_file():
-        unwrap(model).load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+        load_model_state(session, model, torch.load(best_path, map_location="cpu", weights_only=True))
     result: dict[str, Any] = {"variant": cfg.variant, "best_epoch": best_epoch, "epochs_run": last_epoch,
                               f"val/{cfg.metric}_best": best, "train_seconds": seconds}
     val, _, _ = evaluate(model, data.eval_batches("val", cfg.eval_batch_size), device, manifest, "val")
