@@ -1,0 +1,55 @@
+"""What every benchmark prints and saves: the machine, versions, date, and a Markdown + JSON table."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment(**extra: Any) -> dict[str, Any]:
+    """Machine and library versions (imported lazily, so GPU-only hosts without Ray still work)."""
+    import numpy
+    import torch
+
+    env: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for name in ("ray", "pyarrow", "optuna", "polars"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    env.update(extra)
+    return env
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> list[str]:
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def save(name: str, title: str, env: dict[str, Any], rows: list[dict[str, Any]], notes: str = "",
+         columns: list[str] | None = None, out: Path = RESULTS) -> str:
+    """Print the table and write ``<name>.md`` and ``<name>.json`` under bench/results/."""
+    lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in env.items()), "", *markdown_table(rows, columns)]
+    text = "\n".join(lines) + "\n" + (f"\n{notes.strip()}\n" if notes else "")
+    print("\n" + text, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2, default=str))
+    return text
