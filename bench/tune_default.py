@@ -1,0 +1,159 @@
+"""End-to-end wall time of the default search service run (issue 5; target <= 5 minutes on 2 cores).
+
+Runs ``python -m i2m2_ray.tune search_spaces/default.yaml --num-cpus 2`` as a subprocess (exactly what a
+user types, Ray start-up and the final seed runs included) into a temporary output_dir, captures
+the results table it prints, reads the per-phase ``wall_s`` from the experiment's state.json, and
+samples the load average during the run, because other processes share the CPUs and inflate the time.
+Usage: python bench/tune_default.py [--smoke] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import RESULTS, environment, save  # noqa: E402
+
+TARGET_S = 300.0
+# Smoke: one unimodal variant, one trial, one epoch, one seed, a tiny dataset; checks the script end to end.
+SMOKE_OVERRIDES = ["variants=[unimodal:image]", "budget.trials=1", "budget.max_epochs=1", "budget.grace_period=1",
+                   "final.seeds=[0]", "dataset.builtin.train_size=80", "dataset.builtin.val_size=40",
+                   "dataset.builtin.test_size=40"]
+
+
+class LoadSampler:
+    """Samples os.getloadavg()[0] every few seconds in a thread: how busy the shared machine was."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        s = self.samples or [os.getloadavg()[0]]
+        return {"mean": round(sum(s) / len(s), 2), "max": round(max(s), 2), "n": len(s)}
+
+
+def run_service(out_dir: Path, overrides: list[str], num_cpus: int) -> tuple[int, float, str]:
+    """Run the CLI, echoing its output live; returns (exit code, wall seconds, captured stdout+stderr)."""
+    cmd = [sys.executable, "-m", "i2m2_ray.tune", "search_spaces/default.yaml", f"output_dir={out_dir}",
+           *overrides, "--num-cpus", str(num_cpus)]
+    print("$ " + " ".join(cmd), flush=True)
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            print(line, end="", flush=True)
+        rc = proc.wait()
+    return rc, time.perf_counter() - t0, "".join(lines)
+
+
+def printed_table(output: str) -> str:
+    """The results table the CLI prints between '=== results' and 'tables:'."""
+    start = output.rfind("=== results")
+    if start < 0:
+        return ""
+    body = output[start:].split("\n", 1)[1] if "\n" in output[start:] else ""
+    return body.split("\ntables:", 1)[0].strip()
+
+
+def phase_rows(out_dir: Path) -> list[dict[str, Any]]:
+    """One row per phase from state.json: its wall time, trials and epochs, best validation metric."""
+    state_file = out_dir / "state.json"
+    if not state_file.is_file():
+        return []
+    phases = json.loads(state_file.read_text())["phases"]
+    rows = []
+    for name, p in phases.items():
+        trials = p.get("trials") or p.get("runs") or []
+        best = p.get("best", {}).get("val_best")
+        rows.append({"phase": name, "wall_s": round(p["wall_s"], 1), "trials": len(trials),
+                     "epochs": sum(int(t.get("epochs", 0)) for t in trials),
+                     "val_best": round(best, 4) if best is not None else "-"})
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny experiment (one variant, one epoch): checks the script")
+    ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the CLI's local Ray cluster")
+    ap.add_argument("--keep", type=Path, default=None, help="write the experiment here instead of a temp dir")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where the .md/.json tables go (default bench/results, or a temp dir with --smoke)")
+    args = ap.parse_args()
+    overrides = SMOKE_OVERRIDES if args.smoke else []
+    name = "tune_default"
+    args.out = args.out or (Path(tempfile.gettempdir()) / "i2m2-bench-smoke" if args.smoke else RESULTS)
+    with tempfile.TemporaryDirectory(prefix="i2m2-bench-tune-") as tmp:
+        out_dir = (args.keep or Path(tmp) / "exp").resolve()
+        load_before = os.getloadavg()
+        with LoadSampler() as sampler:
+            rc, wall, output = run_service(out_dir, overrides, args.num_cpus)
+        load_after = os.getloadavg()
+        phases = phase_rows(out_dir)
+        results_csv = out_dir / "results.csv"
+        results = []
+        if results_csv.is_file():
+            import polars as pl
+
+            results = pl.read_csv(results_csv).to_dicts()
+    table = printed_table(output)
+    during = sampler.summary()
+    print(f"\nload average (1 min) before {load_before[0]:.2f}, during mean {during['mean']} / max {during['max']}, "
+          f"after {load_after[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    phase_total = sum(r["wall_s"] for r in phases)
+    rows = [*phases, {"phase": "phases total", "wall_s": round(phase_total, 1), "trials": sum(r["trials"] for r in phases),
+                      "epochs": sum(r["epochs"] for r in phases), "val_best": "-"},
+            {"phase": "END TO END (subprocess)", "wall_s": round(wall, 1), "trials": "", "epochs": "", "val_best": "-"}]
+    verdict = "within" if wall <= TARGET_S else "OVER"
+    env = environment(command="python bench/tune_default.py " + " ".join(sys.argv[1:]),
+                      experiment="search_spaces/default.yaml" + (" + smoke overrides" if args.smoke else ""),
+                      num_cpus=args.num_cpus, exit_code=rc, wall_s=round(wall, 1),
+                      loadavg_before=[round(x, 2) for x in load_before],
+                      loadavg_after=[round(x, 2) for x in load_after], loadavg_1min_during=during)
+    notes = (f"End-to-end wall time {wall:.1f} s ({wall / 60:.2f} min), {verdict} the {TARGET_S:.0f} s target"
+             f"{' (smoke run: not comparable with the target)' if args.smoke else ''}. Exit code {rc}.\n"
+             f"The difference between end to end and the phases total is Python/Ray start-up, experiment "
+             f"validation and the table. The machine is shared: the 1-minute load average was "
+             f"{load_before[0]:.2f} before, {during['mean']} on average (max {during['max']}) during and "
+             f"{load_after[0]:.2f} after the run, on {os.cpu_count()} CPUs; a load above the CPU count means the "
+             f"trials got less than their CPU and the wall time is inflated by roughly load / CPUs.\n\n"
+             f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n")
+    save(name, "Default search service run, end to end (python -m i2m2_ray.tune)", env, rows, notes=notes,
+         columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out)
+    json_path = args.out / f"{name}.json"
+    payload = json.loads(json_path.read_text())
+    payload.update({"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    return 0 if rc == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
