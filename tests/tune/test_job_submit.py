@@ -1,0 +1,122 @@
+"""`ray job submit` end to end: a real Ray head of our own, jobs/submit.sh, the smoke experiment.
+
+The head is a separate `ray start --head --block` process group on 127.0.0.1 with its own ports and
+temp dir, so it neither joins nor disturbs the in-process cluster other tests start (tests/conftest.py)
+or anyone else's Ray on this machine; it is stopped by its process group, never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.tune.procs import (REPO, SMOKE_OVERRIDES, SMOKE_VARIANTS, VENV_BIN, child_env, free_ports, http_answers,
+                              kill_group, kill_pids, pids_mentioning, start_group, tail, wait_until)
+
+pytestmark = pytest.mark.slow
+
+RAY_WORKER_PORTS = range(10002, 20000)  # Ray's default worker port range: our fixed ports stay outside
+HEAD_START_S = 90
+JOB_TIMEOUT_S = 600  # ~2 min on an idle 2-core machine; generous for a shared, loaded one
+
+
+@dataclass
+class Head:
+    address: str  # the dashboard's HTTP address, what `ray job submit` talks to
+    gcs_port: int
+    env: dict[str, str]  # the client environment: token auth on, venv on PATH, no RAY_ADDRESS
+    temp_dir: Path
+    log: Path
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory) -> Iterator[Head]:
+    """A 2-CPU Ray head on loopback, token auth on (Ray >= 2.59 default once ~/.ray/auth_token exists)."""
+    logs = tmp_path_factory.mktemp("ray-head")
+    # Short: the session's unix sockets live under it (108-byte path limit); pytest's tmp paths are long.
+    temp_dir = Path(tempfile.mkdtemp(prefix="i2m2rj-", dir="/tmp"))
+    gcs, dashboard, client, agent, metrics = free_ports(5, avoid=RAY_WORKER_PORTS)
+    env = child_env(RAY_AUTH_MODE="token")
+    log = logs / "head.log"
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+           "--port", str(gcs), "--num-cpus", "2", "--num-gpus", "0",
+           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+           "--metrics-export-port", str(metrics), "--temp-dir", str(temp_dir)]
+    proc = start_group(cmd, log, env)
+    head = Head(address=f"http://127.0.0.1:{dashboard}", gcs_port=gcs, env=env, temp_dir=temp_dir, log=log)
+    try:
+        wait_until(lambda: http_answers(f"{head.address}/api/version"), HEAD_START_S, "ray head dashboard", proc, log)
+        yield head
+    finally:
+        kill_group(proc, grace_s=5)
+        kill_pids(pids_mentioning(str(temp_dir)))  # workers/agents re-parented out of the group, by pid
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ray_cli(head: Head, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "ray"), *args], env=head.env, capture_output=True, text=True,
+                          timeout=timeout_s, cwd=REPO)
+
+
+def test_submit_smoke_experiment(ray_head: Head, tmp_path: Path) -> None:
+    """jobs/submit.sh ships the code, the job runs on our head only, and writes one result row per variant."""
+    out_dir = tmp_path / "experiment"
+    submission_id = f"i2m2-test-{int(time.time())}"
+    log = tmp_path / "submit.log"
+    env = {**ray_head.env, "RAY": str(VENV_BIN / "ray"), "I2M2_SUBMISSION_ID": submission_id}
+    proc = start_group(["bash", str(REPO / "jobs" / "submit.sh"), ray_head.address, *SMOKE_OVERRIDES,
+                        f"output_dir={out_dir}"], log, env)
+    try:
+        proc.wait(timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        ray_cli(ray_head, "job", "stop", "--address", ray_head.address, "--no-wait", submission_id)
+        pytest.fail(f"job not finished within {JOB_TIMEOUT_S} s\n{tail(log)}\n--- head ---\n{tail(ray_head.log)}")
+    finally:
+        kill_group(proc, grace_s=2)
+    output = log.read_text(errors="replace")
+    assert proc.returncode == 0, output[-8000:]
+
+    status = ray_cli(ray_head, "job", "status", "--address", ray_head.address, submission_id)
+    assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr
+    assert f"job {submission_id}: SUCCEEDED" in output
+    assert f"results on the head in {out_dir}" in output  # the script says where the results are
+
+    for name in ("results.md", "results.csv", "results.parquet"):
+        assert (out_dir / name).is_file(), f"{name} missing in {out_dir}: {sorted(p.name for p in out_dir.iterdir())}"
+    for table in (pl.read_csv(out_dir / "results.csv"), pl.read_parquet(out_dir / "results.parquet")):
+        assert sorted(table["variant"].to_list()) == sorted(SMOKE_VARIANTS)
+        assert table["status"].to_list() == ["done"] * len(SMOKE_VARIANTS)
+        assert table["test_accuracy_mean"].null_count() == 0
+    markdown = (out_dir / "results.md").read_text()
+    assert all(f"| {v} |" in markdown for v in SMOKE_VARIANTS)
+
+    # The driver ran on our head and joined its GCS (RAY_ADDRESS set by the job supervisor), not another
+    # Ray cluster on this machine; every trial reported (2 per search + 1 final run per variant).
+    driver_logs = list(ray_head.temp_dir.glob(f"session_2*/logs/job-driver-{submission_id}.log"))
+    assert len(driver_logs) == 1
+    assert re.search(rf"Connect\w* to existing Ray cluster at address: [\d.]+:{ray_head.gcs_port}\b",
+                     driver_logs[0].read_text(errors="replace")), tail(driver_logs[0])
+    assert len(list(out_dir.glob("*/*/result.json"))) == 3 * len(SMOKE_VARIANTS)
+
+
+def test_submit_reports_failure(ray_head: Head, tmp_path: Path) -> None:
+    """A job that fails (here: an invalid experiment) makes jobs/submit.sh exit 1 and say FAILED."""
+    submission_id = f"i2m2-test-fail-{int(time.time())}"
+    env = {**ray_head.env, "RAY": str(VENV_BIN / "ray"), "I2M2_SUBMISSION_ID": submission_id}
+    done = subprocess.run(["bash", str(REPO / "jobs" / "submit.sh"), ray_head.address, "search_spaces/default.yaml",
+                           "budget.trials=0", f"output_dir={tmp_path / 'never'}"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "budget: trials and max_epochs must be >= 1" in output
+    assert f"job {submission_id}: FAILED" in output
