@@ -147,8 +147,10 @@ def summarize(runs: list[dict[str, Any]], tolerance: float) -> list[dict[str, An
             "variant": run["variant"], "method": "grid" if run["method"] == "grid" else "TPE+ASHA",
             "seed": "-" if run["seed"] is None else run["seed"], "trials": len(run["trials"]),
             "epochs": epochs, "wall_s": round(run["wall_s"], 1), "val_best": round(best_of(run["trials"]), 4),
-            "t_reach_s": "-", "frac_time": "-", "frac_epochs": "-"}
+            "t_reach_s": "-", "frac_time": "-", "frac_epochs": "-", "best_at_0.3_grid_time": "-"}
         if run["method"] != "grid":
+            early = [t for t in run["trials"] if t["t_s"] <= TARGET_FRACTION * g_wall]
+            row["best_at_0.3_grid_time"] = round(best_of(early), 4) if early else "none finished"
             t, e = time_to_reach(run["trials"], g_best - tolerance)
             if t is None:
                 row.update(t_reach_s="not reached", frac_time="not reached", frac_epochs="not reached")
@@ -183,7 +185,8 @@ Caveats.
   which trials finish first, so parallel TPE is not bit-reproducible even with a seed; the grid's
   wall time also depends on how its trials pair up on the CPUs.
 - Load: the machine is shared (1-min load average {load_before} before, mean {load_mean} / max
-  {load_max} during, {load_after} after, on {ncpu} CPUs). Wall times are inflated by other users'
+  {load_max} during, {load_after} after this invocation, on {ncpu} CPUs; runs kept with --append
+  have their own samples in the JSON). Wall times are inflated by other users'
   work and are comparable only as ratios within this one run; frac_epochs does not depend on load.
 - Trial completion time is a conservative clock: a trial's best epoch is known earlier than its
   completion. Ray and Tune start-up inside each run count for both methods.
@@ -203,6 +206,8 @@ def main() -> int:
                     help="trials at once for both methods (default: CPUs / cpus_per_trial, as the service)")
     ap.add_argument("--out", type=Path, default=None,
                     help="where the .md/.json tables go (default bench/results, or a temp dir with --smoke)")
+    ap.add_argument("--append", type=Path, default=None,
+                    help="a previous search_efficiency.json: keep its runs and reuse its grids (only new TPE seeds run)")
     args = ap.parse_args()
     if args.smoke:
         args.variants, args.seeds, args.trials, args.grid = args.variants[:1], args.seeds[:1], 2, [2, 1]
@@ -213,13 +218,14 @@ def main() -> int:
     load_before = os.getloadavg()
     loads: list[float] = [load_before[0]]
     start_ray(args.num_cpus)
-    runs: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = json.loads(args.append.read_text())["runs"] if args.append else []
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-search-") as storage:
         for variant in args.variants:
-            print(f"\n=== {variant}: grid {args.grid[0]} lr x {args.grid[1]} wd ===", flush=True)
-            runs.append(run_search(exp, variant, "grid", None, 0, tuple(args.grid), Path(storage), concurrency))
-            loads.append(os.getloadavg()[0])
+            if not any(r["variant"] == variant and r["method"] == "grid" for r in runs):
+                print(f"\n=== {variant}: grid {args.grid[0]} lr x {args.grid[1]} wd ===", flush=True)
+                runs.append(run_search(exp, variant, "grid", None, 0, tuple(args.grid), Path(storage), concurrency))
+                loads.append(os.getloadavg()[0])
             for s in args.seeds:
                 seed = exp.seed + s + sum(map(ord, variant))  # the service's per-variant seed, shifted by s
                 print(f"\n=== {variant}: TPE+ASHA, Optuna seed {seed}, {args.trials} trials ===", flush=True)
@@ -257,6 +263,8 @@ def main() -> int:
     json_path = out / "search_efficiency.json"
     payload = json.loads(json_path.read_text())
     payload["runs"] = runs
+    if args.append:
+        payload["appended_to"] = json.loads(args.append.read_text())["env"]
     json_path.write_text(json.dumps(payload, indent=2, default=str))
     return 0
 
