@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return load_train_config(None, [f"run_dir={work / name}", f"dataset.path={data}", "variant=i2m2:lf",
                                         f"epochs={args.epochs}", "patience=null", "optim.batch_size=40", *over])
 
+    load_start = os.getloadavg()[0]  # a shared machine: other users' load skews every rate
     t = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     ray_init_s = time.perf_counter() - t
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
            "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared; timings +-30 %)",
            "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
            "dataset": f"built-in, {args.train_size} train rows", "variant": "i2m2:lf", "global_batch": 40,
-           "epochs": args.epochs, "ray_init_s (excluded)": round(ray_init_s, 2)}
+           "epochs": args.epochs, "ray_init_s (excluded)": round(ray_init_s, 2),
+           "load_average_1m (start, end)": f"{load_start:.1f}, {os.getloadavg()[0]:.1f}"}
     cols = ["path", "samples_per_s", "vs_plain", "startup_s", "total_s"]
     lines = ["# Training launcher on CPU: throughput and fixed cost to first step", "",
              *(f"- {k}: {v}" for k, v in env.items()), "",

@@ -31,7 +31,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.0
     grad_clip: float | None = 8.0
-    batch_size: int = 40
+    batch_size: int = 40  # the GLOBAL batch: with N workers each takes batch_size / N per step
 
     def validate(self, where: str = "optim") -> None:
         if self.name not in ("sgd", "adamw"):

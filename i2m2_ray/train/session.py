@@ -1,9 +1,14 @@
 """Where the training loop reports to and resumes from.
 
 The loop only talks to a ``Session``: ``LocalSession`` keeps checkpoints in the run
-directory for in-process runs; the Ray sessions (``i2m2_ray.train.ray_session``) send
-the same reports to Ray Train or Ray Tune. That is what lets ONE loop run in a
-notebook, a Train worker or a Tune trial unchanged.
+directory for in-process runs; ``RayTrainSession`` (``i2m2_ray.train.distributed``) and the
+Tune session send the same reports to Ray Train or Ray Tune. That is what lets ONE loop run
+in a notebook, a Train worker or a Tune trial unchanged.
+
+Optional hooks a distributed session may define (the loop uses them when present):
+``sync_epoch(model, train_loss) -> float`` after each training epoch (align buffers, average
+the loss over ranks), ``load_model_state(model, state)``, ``optimizer_state(model, optimizer)``
+and ``load_optimizer_state(model, optimizer, state)`` for sharded (FSDP) models.
 """
 
 from __future__ import annotations
