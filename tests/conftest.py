@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Train's controller polls workers every 2 s by default; 0.5 s saves ~4 s per TorchTrainer run. Set before
 # any Ray process starts so the controller inherits it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Worker processes start slowly when the 2 CPUs are busy; Train's default start timeout is 60 s.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
 SHARED_DATA = Path(os.environ.get("I2M2_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -62,7 +62,7 @@ class BudgetConfig:
 
 @dataclass
 class ResourcesConfig:
-    cpus_per_trial: float = 1.0  # also the torch thread count of an in-process trial
+    cpus_per_trial: float = 1.0  # per in-process trial (its torch threads), or per Train worker
     workers: int = 1  # Ray Train workers per trial; 1 runs in-process (no worker-group start-up)
     gpus_per_worker: float = 0.0
 
@@ -103,7 +103,8 @@ class ExperimentConfig:
             raise ConfigError("variants: list at least one variant")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants: duplicates in {self.variants}")
-        for key in ("variant", "run_dir", "dataset", "epochs", "seed", "init", "metric", "mode"):
+        for key in ("variant", "run_dir", "dataset", "epochs", "seed", "init", "metric", "mode", "workers",
+                    "cpus_per_worker", "gpus_per_worker", "threads"):
             if key in self.train:
                 raise ConfigError(f"train.{key}: set by the experiment (use the top-level key or budget)")
         for name in self.search_overrides:

@@ -50,6 +50,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Our own progress lines replace Tune's tables and per-snapshot chatter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Our loggers instead of Tune's defaults (see tensorboard.py); worker groups on a busy machine
+    # can take longer than Train's 60 s default to start.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     import optuna
 
@@ -114,37 +118,56 @@ def _fit(tuner):
     return grid, interrupted
 
 
+def _sampler(exp: ExperimentConfig, variant: str):
+    """Seeded TPE that starts modelling after a third of the budget (Optuna's default waits for 10
+    random trials, which would make every small search a random search)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=exp.seed + sum(map(ord, variant)), multivariate=True,
+                                      n_startup_trials=max(2, min(10, exp.budget.trials // 3)))
+
+
 def _concurrency(exp: ExperimentConfig) -> int:
     import ray
 
     if exp.budget.concurrency:
         return exp.budget.concurrency
+    r = exp.resources
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    return max(1, int(cpus // exp.resources.cpus_per_trial))
+    per_trial = r.cpus_per_trial * r.workers if r.workers > 1 else r.cpus_per_trial
+    return max(1, int(cpus // per_trial))
 
 
 def _trainable(exp: ExperimentConfig):
+    """In-process trials hold their CPUs (and GPU); a multi-worker trial only drives its
+    TorchTrainer, so it holds a sliver of a CPU and the workers hold the rest (RAY.md: a whole
+    CPU for the driver plus the workers never places on a small machine)."""
     from ray import tune
 
     from i2m2_ray.tune.trainable import run_trial
 
-    if exp.resources.workers > 1:
-        raise ConfigError("resources.workers > 1: multi-worker trials need the Ray Train launcher "
-                          "(i2m2_ray.train.distributed); use workers=1 for in-process trials")
-    return tune.with_resources(run_trial, {"cpu": exp.resources.cpus_per_trial,
-                                           "gpu": exp.resources.gpus_per_worker})
+    r = exp.resources
+    if r.workers > 1:
+        return tune.with_resources(run_trial, {"cpu": 0.01})
+    return tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_worker})
 
 
 def _base(exp: ExperimentConfig, variant: str, init: dict[str, str]) -> dict[str, Any]:
-    threads = max(1, int(exp.resources.cpus_per_trial))
-    return to_dict(exp.base_train_config(variant=variant, init=init, threads=threads))
+    r = exp.resources
+    threads = max(1, int(r.cpus_per_trial))
+    return to_dict(exp.base_train_config(variant=variant, init=init, threads=threads, workers=r.workers,
+                                         cpus_per_worker=r.cpus_per_trial, gpus_per_worker=r.gpus_per_worker,
+                                         gpu="auto" if r.gpus_per_worker > 0 else "false"))
 
 
 def _run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict[str, Any], search: bool,
                resume: bool):
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from i2m2_ray.tune.tensorboard import FlatHParamsTBXLogger
 
     exp_dir = Path(exp.output_dir).resolve()
     trainable = _trainable(exp)
@@ -159,11 +182,13 @@ def _run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict
             metric=key, mode=exp.mode, max_concurrent_trials=_concurrency(exp),
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
             num_samples=b.trials if search else 1,
-            search_alg=OptunaSearch(seed=exp.seed + sum(map(ord, variant))) if search else None,
+            search_alg=OptunaSearch(sampler=_sampler(exp, variant)) if search else None,
             scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
                                     reduction_factor=b.reduction_factor) if search else None)
         run_config = tune.RunConfig(
-            name=name, storage_path=str(exp_dir), verbose=0, callbacks=[TrialPrinter(variant, key)],
+            name=name, storage_path=str(exp_dir), verbose=0,
+            callbacks=[TrialPrinter(variant, key), CSVLoggerCallback(), JsonLoggerCallback(),
+                       FlatHParamsTBXLogger()],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=1))
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

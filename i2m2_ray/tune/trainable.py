@@ -80,10 +80,22 @@ def trial_config(config: dict[str, Any], trial_dir: str) -> TrainConfig:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable (module level, so it pickles)."""
+    """Tune function trainable (module level, so it pickles).
+
+    One worker: the loop runs here, in the trial's process. More: the trial drives a TorchTrainer
+    whose run lives in the trial directory (a stable name, so a restored trial resumes it) and
+    whose rank-0 reports reach Tune through ``TuneReportCallback``.
+    """
     from ray import tune
 
     cfg = trial_config(config, tune.get_context().get_trial_dir())
+    from i2m2_ray.train.distributed import build_trainer, use_ray
+
+    if use_ray(cfg):
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+        return
     session = TuneSession()
     result = train(cfg, session=session, console=False)
     if session.reports == 0:

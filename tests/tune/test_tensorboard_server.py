@@ -110,30 +110,19 @@ def test_every_trial_has_scalars(experiment_dir: Path, tensorboard: str) -> None
 
 
 def test_hparams_show_every_trial_with_its_lr_and_wd(experiment_dir: Path, tensorboard: str) -> None:
-    """Every trial is a session group whose lr / weight_decay equal Tune's params.json.
-
-    Search trials carry them as `lr` / `weight_decay`; the final runs (a grid over whole settings in
-    config["run"]) carry them nested as `run/lr` / `run/weight_decay` (see the strict xfail below).
-    """
+    """Every trial, search and final alike, is a session group whose lr / weight_decay equal Tune's
+    params.json (final runs carry their setting in config["run"]), with the variant and seed beside them."""
     experiment = post(tensorboard, "/data/plugin/hparams/experiment",
                       {"experimentName": "", "hparamsLimit": 1000, "includeMetrics": True})
-    assert experiment["hparamInfos"], experiment
-    groups = session_groups(tensorboard, ["lr", "weight_decay", "run/lr", "run/weight_decay"])
+    assert {"lr", "weight_decay", "variant", "seed"} <= {h["name"] for h in experiment["hparamInfos"]}, experiment
+    groups = session_groups(tensorboard, ["lr", "weight_decay", "variant", "seed"])
     params = trial_params(experiment_dir)
     assert set(params) <= set(groups), sorted(set(params) - set(groups))
     for run, config in params.items():
         shown = groups[run]["hparams"]
-        prefix = "run/" if "run" in config else ""
+        assert set(shown) == {"lr", "weight_decay", "variant", "seed"}, (run, shown)
         for name, value in searched(config).items():
-            assert math.isclose(shown[prefix + name], value, rel_tol=1e-12), (run, name, shown, value)
+            assert math.isclose(shown[name], value, rel_tol=1e-12), (run, name, shown, value)
+        merged = {**config, **config.get("run", {})}
+        assert shown["variant"] == merged["base"]["variant"], (run, shown)
         assert [s["status"] for s in groups[run]["sessions"]] == ["STATUS_SUCCESS"]
-
-
-@pytest.mark.xfail(strict=True, reason="final runs log hparams as run/lr, run/weight_decay, run/base/... "
-                                       "(i2m2_ray/tune/runner.py final_runs grids over whole dicts); the HParams "
-                                       "table's lr / weight_decay columns are empty for them")
-def test_hparams_use_the_same_names_for_every_trial(experiment_dir: Path, tensorboard: str) -> None:
-    """One HParams table for the whole experiment: lr and weight_decay columns filled for every trial."""
-    groups = session_groups(tensorboard, ["lr", "weight_decay"])
-    missing = [run for run in trial_params(experiment_dir) if set(groups[run]["hparams"]) != {"lr", "weight_decay"}]
-    assert not missing, missing
