@@ -25,6 +25,9 @@ from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, waveform_
 from i2m2_ray.errors import ConfigError
 
 
+GENERATOR_VERSION = 2  # bump when the output for a given config changes (it keys the dataset cache)
+
+
 @dataclass
 class SyntheticConfig:
     """Knobs of the built-in generator; every value lands in the manifest."""
@@ -140,7 +143,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, overwrite: bool = False)
             "label": pa.array(y.astype(np.int8)),
         })
         offset += n
-    hop = max(1, cfg.max_samples // 63)
+    hop = max(1, cfg.max_samples // 31)  # 32 frames x 32 bins: tones stay far apart, encoders stay cheap
     manifest = Manifest(
         name="builtin",
         task="multiclass",
@@ -149,10 +152,10 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, overwrite: bool = False)
             "image": ModalitySpec(kind="image", column="image", shape=[cfg.image_size, cfg.image_size],
                                   dtype="uint8", extra={"scale": 1.0 / 255.0}),
             "audio": ModalitySpec(kind="waveform", column="audio", shape=[cfg.max_samples], dtype="int16",
-                                  sample_rate=cfg.sample_rate, extra={"n_fft": 126, "hop_length": hop}),
+                                  sample_rate=cfg.sample_rate, extra={"n_fft": 62, "hop_length": hop}),
         },
         splits={},
-        provenance={"generator": "i2m2_ray.data.synthetic", **asdict(cfg)},
+        provenance={"generator": "i2m2_ray.data.synthetic", "generator_version": GENERATOR_VERSION, **asdict(cfg)},
         bayes_accuracy=bayes_accuracy(cfg.num_classes, cfg.intra_strength, cfg.inter_strength),
     )
     return write_dataset(out_dir, manifest, tables, overwrite=overwrite)

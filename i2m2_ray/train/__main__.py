@@ -13,22 +13,6 @@ import sys
 from i2m2_ray.errors import I2M2Error
 
 
-def init_ray() -> None:
-    """Join RAY_ADDRESS if set, else start a private local cluster (never a stray ``ray start`` one).
-
-    The dashboard stays on, bound to loopback: without it Train's placement-group cleanup hangs.
-    """
-    import logging
-    import os
-
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # ~4 s less idle wait per run
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=True,
-                 dashboard_host="127.0.0.1", logging_level=logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2m2_ray.train", description=__doc__)
     parser.add_argument("args", nargs="*", help="an optional CONFIG.yaml, then key=value overrides")
@@ -38,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and "=" not in overrides[0]:
         config = overrides.pop(0)
     try:
+        from i2m2_ray.cluster import init_ray
         from i2m2_ray.train import load_train_config
         from i2m2_ray.train.distributed import run_training, use_ray
 

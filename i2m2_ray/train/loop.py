@@ -52,11 +52,12 @@ def resolve_dataset(cfg: DatasetConfig) -> Path:
         if not path.is_dir():
             raise DataError(f"dataset.path: {path} is not a directory")
         return path
-    key = hashlib.sha256(json.dumps(asdict(cfg.builtin), sort_keys=True).encode()).hexdigest()[:12]
+    from i2m2_ray.data.synthetic import GENERATOR_VERSION, generate
+
+    knobs = {**asdict(cfg.builtin), "generator_version": GENERATOR_VERSION}
+    key = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root(cfg) / f"builtin-{key}"
     if not (path / "manifest.json").is_file():
-        from i2m2_ray.data.synthetic import generate
-
         try:
             generate(cfg.builtin, path)
         except (DataError, OSError):

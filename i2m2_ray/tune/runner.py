@@ -42,29 +42,19 @@ def banner(text: str) -> None:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS (a cluster, or a job's head) or start a private local cluster on loopback."""
+    """The shared cluster set-up, with Tune's own output replaced by our progress lines."""
     import logging
 
-    import ray
-
-    # Our own progress lines replace Tune's tables and per-snapshot chatter.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Our loggers instead of Tune's defaults (see tensorboard.py); worker groups on a busy machine
-    # can take longer than Train's 60 s default to start.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     import optuna
 
+    from i2m2_ray import cluster
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # our loggers instead (see tensorboard.py)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict[str, Any] = {"address": address, "log_to_driver": False}
-    if address == "local":
-        kwargs.update(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
-    ray.init(**kwargs)
+    cluster.init_ray(num_cpus, log_to_driver=False)
 
 
 class TrialPrinter:
