@@ -8,7 +8,7 @@
 # Cluster shape expected: see jobs/runtime_env.yaml (dependencies baked into the image, one or more
 # nodes; the driver runs on the head). Expected run time: the smoke experiment of
 # tests/tune/test_job_submit.py takes ~1-2 min on a 2-CPU head (plus ~5 s to upload the code); the
-# default experiment ~15-25 min on 2 CPUs, less with more CPUs.
+# default experiment ~4 min on 2 idle CPUs (bench/results/tune_default.md), less with more CPUs.
 #
 # Results: unless an output_dir=... override is given, the experiment writes to
 #   ${I2M2_OUTPUT_ROOT:-/tmp/i2m2-runs}/<submission id>
