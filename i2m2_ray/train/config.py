@@ -70,6 +70,10 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0  # used when the run uses GPUs
     max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
+    # How Ray Train workers get training batches: memory (each worker reads the splits into RAM),
+    # or Ray Data shards: materialize (read once in the driver), stream (read every epoch; for data
+    # larger than the object store), auto (materialize if it fits in half the object store).
+    data_mode: str = "memory"
     init: dict[str, str] = field(default_factory=dict)  # expert (modality or "inter") -> stage-1 state dict
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,6 +107,11 @@ class TrainConfig:
                               f"divisible by workers={self.workers}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+        if self.data_mode not in ("memory", "auto", "materialize", "stream"):
+            raise ConfigError(f"data_mode: must be memory, auto, materialize or stream, got {self.data_mode!r}")
+        if self.data_mode != "memory" and (self.launcher == "local" or (self.launcher == "auto" and self.workers == 1)):
+            raise ConfigError(f"data_mode={self.data_mode} feeds Ray Train workers: it needs workers > 1 or "
+                              "launcher=ray (in-process runs read the splits into memory)")
 
 
 def default_config_path() -> Path:

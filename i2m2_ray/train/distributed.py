@@ -146,6 +146,38 @@ class RayTrainSession:
         return load_state_file(found / STATE_FILE) if found is not None else None
 
 
+class RayShardData:
+    """Training batches from this worker's Ray Data shard (``get_dataset_shard``: each worker gets an
+    equal, disjoint part of every epoch); the validation and test splits, which every rank evaluates
+    whole, are read into memory."""
+
+    def __init__(self, root: Path, manifest: Any, modalities: list[str], shard: Any) -> None:
+        from i2m2_ray.train.loop import InMemoryData
+
+        self.manifest, self.modalities, self.shard, self.root = manifest, modalities, shard, root
+        self.held_out = InMemoryData(root, manifest, modalities, splits=("val", "test"))
+
+    def train_labels(self) -> torch.Tensor:
+        """Only the label column, for class weights."""
+        from i2m2_ray.data.format import read_table
+        from i2m2_ray.data.memory import labels_to_numpy
+
+        table = read_table(self.root, self.manifest, "train", columns=[self.manifest.label_column])
+        return torch.from_numpy(labels_to_numpy(table, self.manifest, str(self.root)))
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
+        from i2m2_ray.data.ray_data import iter_torch_batches
+
+        return iter_torch_batches(self.shard, self.manifest, batch_size, shuffle=True, seed=seed, epoch=epoch,
+                                  modalities=self.modalities)
+
+    def eval_batches(self, split: str, batch_size: int):
+        return self.held_out.eval_batches(split, batch_size)
+
+    def has(self, split: str) -> bool:
+        return self.held_out.has(split)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     folder = Path(run_dir) / RUN_NAME
     found = sorted(p for p in folder.glob("epoch_*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
@@ -163,7 +195,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if torch.cuda.is_available() and str(cfg.gpu).lower() != "false":
         torch.cuda.set_device(ray.train.torch.get_device())
     session = RayTrainSession(cfg.run_dir, cfg.strategy, cfg.resume)
-    return train(cfg, session=session, console=session.rank == 0)
+    data = None
+    if cfg.data_mode != "memory":
+        from i2m2_ray.train.loop import prepare_run
+
+        root, manifest, mods = prepare_run(cfg)
+        data = RayShardData(root, manifest, mods, ray.train.get_dataset_shard("train"))
+    return train(cfg, session=session, data=data, console=session.rank == 0)
 
 
 def use_ray(cfg: TrainConfig) -> bool:
@@ -199,6 +237,21 @@ def check_placement(cfg: TrainConfig, use_gpu: bool) -> None:
                           f"(fits {placeable} worker(s)); lower workers or cpus_per_worker")
 
 
+def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The training split as a Ray Dataset for ``data_mode`` != memory (mode chosen by ``choose_mode``:
+    materialized once here in the driver when it fits, else streamed to the workers' shards)."""
+    if cfg.data_mode == "memory":
+        return None
+    from i2m2_ray.data.ray_data import RayBatches
+    from i2m2_ray.train.loop import prepare_run
+
+    root, _, mods = prepare_run(cfg)
+    reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods,
+                        mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker)
+    print(f"training data: Ray Data, {reader.mode} ({root})", flush=True)
+    return {"train": reader.dataset}
+
+
 def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str | Path | None = None,
                   callbacks: list[Any] | None = None):
     """A ready TorchTrainer for ``cfg`` (also used by the Tune service for multi-worker trials)."""
@@ -218,6 +271,7 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=config,
+        datasets=train_datasets(cfg),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,

@@ -104,14 +104,14 @@ def nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | N
 class InMemoryData:
     """The splits as tensors in RAM; batches are tensor slices (no DataLoader overhead)."""
 
-    def __init__(self, root: Path, manifest: Manifest, modalities: list[str]) -> None:
+    def __init__(self, root: Path, manifest: Manifest, modalities: list[str],
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
         from i2m2_ray.data.memory import load_split
 
         self.manifest = manifest
-        self.splits = {s: load_split(root, s, manifest, modalities) for s in ("train", "val", "test")
-                       if s in manifest.splits}
+        self.splits = {s: load_split(root, s, manifest, modalities) for s in splits if s in manifest.splits}
         for split in ("train", "val"):
-            if split not in self.splits:
+            if split in splits and split not in self.splits:
                 raise DataError(f"{root}: dataset has no {split!r} split")
 
     def train_labels(self) -> torch.Tensor:
