@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_train_config(config, overrides)
         if use_ray(cfg):
-            init_ray()
+            init_ray(quiet=True)
         result = run_training(cfg)
     except I2M2Error as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -309,12 +309,9 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
         train_s = time.perf_counter() - t0
         val, val_lp, val_y = evaluate(wrapped, data.eval_batches("val", cfg.eval_batch_size), device, manifest, "val")
         value = val[metric_key]
-        if _better(value, best, cfg.mode):
+        improved = _better(value, best, cfg.mode)
+        if improved:
             best, best_epoch, stale = value, epoch, 0
-            if rank == 0:
-                torch.save(session.model_state(wrapped), run_dir / MODEL_FILE)
-            elif hasattr(session, "model_state"):
-                session.model_state(wrapped)
         else:
             stale += 1
         stopped_early = cfg.patience is not None and stale >= cfg.patience
@@ -326,14 +323,16 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
         for lg in loggers:
             lg.log(epoch, metrics)
             lg.log_predictions(epoch, val_lp, val_y, manifest.classes)
+        # Every rank gathers (collectives for sharded models); rank 0 writes.
+        model_state = session.model_state(wrapped)
+        optim_state = optimizer_state(session, wrapped, optimizer)
         ckpt = None
-        optim_state = optimizer_state(session, wrapped, optimizer)  # a collective for sharded optimizers
         if rank == 0:
-            ckpt = {"model": session.model_state(wrapped), "optimizer": optim_state,
+            if improved:
+                torch.save(model_state, run_dir / MODEL_FILE)
+            ckpt = {"model": model_state, "optimizer": optim_state,
                     "epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale,
                     "stopped": stopped_early, "rng": torch.get_rng_state(), "config": resolved}
-        else:
-            session.model_state(wrapped)
         session.report(metrics, ckpt)
         if stopped_early:
             if rank == 0 and console:
