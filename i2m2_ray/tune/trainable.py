@@ -101,4 +101,5 @@ def run_trial(config: dict[str, Any]) -> None:
     if session.reports == 0:
         # Restored after the last checkpoint was written (driver killed at the very end): the loop had
         # nothing left to run, but Tune needs the trial's final metrics once more.
-        tune.report({**result, "epoch": result["epochs_run"]})
+        # Marked, so nobody mistakes it for a second training of the last epoch.
+        tune.report({**result, "epoch": result["epochs_run"], "final_rereport": True})

@@ -35,8 +35,15 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
 
 
 def reported_epochs(trial_dir: Path) -> list[int]:
-    lines = (trial_dir / "result.json").read_text().splitlines()
-    return [json.loads(line)["epoch"] for line in lines if line.strip()]
+    """Epochs the trial trained and reported. A trial interrupted after writing its last checkpoint
+    but before Tune marked it finished re-reports its final metrics once on resume, without training
+    (RAY.md's killed-after-last-checkpoint case); that report is marked and must come last."""
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+    rereports = [i for i, r in enumerate(rows) if r.get("final_rereport")]
+    assert rereports in ([], [len(rows) - 1]), (trial_dir, rereports)
+    if rereports:
+        assert rows[-1]["epoch"] == rows[-2]["epoch"], (trial_dir, rows[-1]["epoch"])
+    return [r["epoch"] for r in rows if not r.get("final_rereport")]
 
 
 def test_sigint_then_resume_runs_each_trial_once(tmp_path):
