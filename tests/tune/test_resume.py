@@ -35,15 +35,23 @@ def finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
 
 
 def reported_epochs(trial_dir: Path) -> list[int]:
-    """Epochs the trial trained and reported. A trial interrupted after writing its last checkpoint
-    but before Tune marked it finished re-reports its final metrics once on resume, without training
-    (RAY.md's killed-after-last-checkpoint case); that report is marked and must come last."""
+    """The epochs the trial trained, one per checkpoint it wrote.
+
+    Tune may log a restored trial's last result again (same checkpoint, same metrics), and a trial
+    interrupted after its last checkpoint re-reports its final metrics once without training (marked
+    ``final_rereport``; RAY.md's killed-after-last-checkpoint case). Neither is a second training: a
+    retrained epoch would have written a checkpoint of its own.
+    """
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
     rereports = [i for i, r in enumerate(rows) if r.get("final_rereport")]
     assert rereports in ([], [len(rows) - 1]), (trial_dir, rereports)
-    if rereports:
-        assert rows[-1]["epoch"] == rows[-2]["epoch"], (trial_dir, rows[-1]["epoch"])
-    return [r["epoch"] for r in rows if not r.get("final_rereport")]
+    by_checkpoint: dict[str, int] = {}
+    for r in rows:
+        if r.get("final_rereport"):
+            continue
+        name = r["checkpoint_dir_name"]
+        assert by_checkpoint.setdefault(name, r["epoch"]) == r["epoch"], (trial_dir, name)
+    return [by_checkpoint[name] for name in sorted(by_checkpoint)]
 
 
 def test_sigint_then_resume_runs_each_trial_once(tmp_path):
