@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         table = results_table(ns.experiment_dir)
         print(f"experiment {exp.name!r} ({ns.experiment_dir}): metric {exp.metric}, "
               f"seeds {exp.final.seeds}\n")
-        print(render_markdown(table, exp))
+        print(render_markdown(table))
         pending = table.filter(pl.col("status") != "done")["variant"].to_list()
         if pending:
             print(f"\nnot finished: {', '.join(pending)}")

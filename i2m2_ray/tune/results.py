@@ -75,7 +75,7 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def render_markdown(table: pl.DataFrame, exp: ExperimentConfig | None = None) -> str:
+def render_markdown(table: pl.DataFrame) -> str:
     """The table as it reads in the paper: test metric as mean +- std (percent for accuracy-like metrics)."""
     metric = next(c for c in table.columns if c.startswith("val_"))[4:]
     pct = metric in ("accuracy", "balanced_accuracy", "auroc")

@@ -284,7 +284,7 @@ def _check_same_experiment(exp: ExperimentConfig, exp_dir: Path) -> None:
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | None = None):
     """Run (or resume) every phase, then write and return the results table."""
-    from i2m2_ray.tune.results import results_table, save_table
+    from i2m2_ray.tune.results import render_markdown, results_table, save_table
 
     started = time.time()
     exp_dir = Path(exp.output_dir).resolve()
@@ -321,9 +321,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | N
     table = results_table(exp_dir)
     paths = save_table(table, exp_dir)
     print(f"\n=== results ({time.time() - started:.0f} s) ===", flush=True)
-    from i2m2_ray.tune.results import render_markdown
-
-    print(render_markdown(table, exp), flush=True)
+    print(render_markdown(table), flush=True)
     print(f"\ntables: {', '.join(str(p) for p in paths)}\n"
           f"curves: tensorboard --logdir {exp_dir} --host 127.0.0.1", flush=True)
     return table

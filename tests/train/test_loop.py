@@ -60,8 +60,8 @@ def test_resume_refuses_a_different_config(tmp_path, small_dataset):
         train(config(tmp_path / "r", small_dataset, variant="unimodal:audio", epochs=2), console=False)
 
 
-def test_multilabel_class_weighted_training_runs(tmp_path, dataset_factory):
-    """Class weights per head: exercised through the real loop on a multi-class set (weights (C,))."""
+def test_class_weighted_training_runs(tmp_path, dataset_factory):
+    """Inverse-frequency class weights (C,) through the real loop, selecting by validation AUROC."""
     result = train(config(tmp_path / "r", dataset_factory(), variant="unimodal:audio", epochs=1,
                           class_weighted="true", metric="auroc"), console=False)
     assert 0.0 <= result["val/auroc"] <= 1.0
