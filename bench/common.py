@@ -53,3 +53,18 @@ def save(name: str, title: str, env: dict[str, Any], rows: list[dict[str, Any]],
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2, default=str))
     return text
+
+
+def save_sections(name: str, title: str, env: dict[str, Any], sections: list[tuple[str, list[dict[str, Any]]]],
+                  notes: str = "", out: Path = RESULTS, payload: dict[str, Any] | None = None) -> str:
+    """Several tables under one title: ``sections`` is [(heading, rows)]; writes ``<name>.md`` and ``.json``."""
+    lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in env.items())]
+    for heading, rows in sections:
+        lines += ["", f"## {heading}", "", *(markdown_table(rows) if rows else ["(no rows)"])]
+    text = "\n".join(lines) + "\n" + (f"\n{notes.strip()}\n" if notes else "")
+    print("\n" + text, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    data = {"env": env, "sections": {heading: rows for heading, rows in sections}, **(payload or {})}
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
+    return text

@@ -23,6 +23,13 @@ class DatasetConfig:
     builtin: SyntheticConfig = field(default_factory=SyntheticConfig)
     cache_dir: str | None = None  # where the built-in dataset is written; default ~/.cache/i2m2_ray
 
+    def __post_init__(self) -> None:
+        # Tune and Train run trials in other working directories: a relative path must mean the caller's.
+        for name in ("path", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value:
+                setattr(self, name, str(Path(value).expanduser().resolve()))
+
 
 @dataclass
 class OptimConfig:

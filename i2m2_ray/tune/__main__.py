@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--no-resume", dest="resume", action="store_false",
                        help="refuse to run if output_dir already holds an experiment")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
     args = list(ns.args)
     path = args.pop(0) if args and "=" not in args[0] else None
     from i2m2_ray.errors import I2M2Error

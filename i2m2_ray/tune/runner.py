@@ -202,7 +202,7 @@ def _trial_rows(grid, key: str) -> list[dict[str, Any]]:
             "weight_decay": config.get("weight_decay"), "optimizer": config.get("optimizer"),
             "batch_size": config.get("batch_size"), "seed": config.get("seed", config["base"]["seed"]),
             "error": None if r.error is None else str(r.error),
-            "val_best": m.get(key, float("nan")), "epochs": int(m.get("epoch", 0)), "final": final,
+            "val_best": m.get(key, float("nan")), "epochs": int(m.get("epoch", 0)), "time_s": m.get("time_total_s"), "final": final,
         })
     return rows
 

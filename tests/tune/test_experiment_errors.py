@@ -21,6 +21,7 @@ def tune_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("args", "fragment"), [
     (["budgett.trials=2"], "unknown config key 'budgett'"),
+    (["--num-cpus", "1", "budgett.trials=2"], "unknown config key 'budgett'"),  # options between overrides
     (["search.lr=[0.1,0.01]"], "search.lr: need a log-uniform range"),
     (["search.weight_decay=[0,0.1]"], "search.weight_decay: need a log-uniform range"),
     (["variants=[unimodal:image,inter:xyz]"], "unknown variant 'inter:xyz'"),

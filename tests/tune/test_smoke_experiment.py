@@ -100,3 +100,14 @@ def test_rerun_on_a_finished_experiment_runs_nothing(smoke, capsys):
     assert "already finished" in capsys.readouterr().out
     assert json.loads((out / "state.json").read_text()) == before
     assert again.equals(table)
+
+
+def test_relative_dataset_path_means_the_callers_directory(ray_local, small_dataset, tmp_path, monkeypatch):
+    """Tune runs trials in their own directories: a relative dataset.path must still find the data."""
+    monkeypatch.chdir(small_dataset.parent)
+    exp = load_experiment(None, [f"output_dir={tmp_path / 'exp'}", f"dataset.path={small_dataset.name}",
+                                 "variants=[unimodal:image]", "budget.trials=1", "budget.max_epochs=1",
+                                 "budget.grace_period=1", "final.seeds=[0]"])
+    assert exp.dataset.path == str(small_dataset.resolve())
+    table = run_experiment(exp)
+    assert table["status"].to_list() == ["done"]
