@@ -15,6 +15,7 @@ Sizes: ``--size cpu`` (default; about 50 min on 2 CPU cores) trains on 3,000 row
 (speaker-disjoint), tests on 2,000, with 4 trials and 8 epochs per variant; ``--size full`` is the paper's
 55k/5k/10k with 8 trials and 30 epochs (many hours on CPU); ``--size smoke`` checks the script.
 Usage: python bench/avmnist_table.py [--size cpu|full|smoke] [--pca-components 8] [--work runs/bench]
+       [--set resources.gpus_per_worker=0.25 ...]   (the full size wants GPUs: ``--size full --set ...``)
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench",
                     help="where datasets (under data/) and experiments go; re-runs resume from here")
     ap.add_argument("--num-cpus", type=int, default=2)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra experiment overrides for both experiments, e.g. resources.gpus_per_worker=0.25")
     ap.add_argument("--out", type=Path, default=None, help="tables (default bench/results; a temp dir for smoke)")
     args = ap.parse_args()
     size = SIZES[args.size]
@@ -173,7 +176,7 @@ def main() -> int:
     prepare(data_dir, size, args.pca_components)
     front = front_end_check(data_dir, work, 1 if smoke else 4)
     tune = [sys.executable, "-m", "i2m2_ray.tune", "search_spaces/avmnist.yaml", *experiment_overrides(data_dir, size),
-            "--num-cpus", str(args.num_cpus)]
+            *args.set, "--num-cpus", str(args.num_cpus)]
     run([*tune, "variants=[" + ",".join(VARIANTS) + "]", f"output_dir={main_dir}"], log=work / f"{main_dir.name}.log")
     run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf,i2m2:lrtf]", "final.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")

@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def run_search(exp: ExperimentConfig, variant: str, method: str, seed: int | Non
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from i2m2_ray.tune.runner import _base, _trainable, metric_key, trial_dirname
+    from i2m2_ray.tune.runner import _base, _sampler, _trainable, metric_key, trial_dirname
 
     key = metric_key(exp)
     space = exp.space_for(variant)
@@ -96,7 +97,9 @@ def run_search(exp: ExperimentConfig, variant: str, method: str, seed: int | Non
     else:
         param_space["lr"] = tune.loguniform(*space.lr)
         param_space["weight_decay"] = tune.loguniform(*space.weight_decay)
-        search_alg = OptunaSearch(seed=seed)
+        # The service's own sampler (seeded TPE, multivariate, modelling after a third of the budget).
+        search_alg = OptunaSearch(sampler=_sampler(replace(exp, seed=seed - sum(map(ord, variant)),
+                                                           budget=replace(exp.budget, trials=trials)), variant))
         scheduler = ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
                                   reduction_factor=b.reduction_factor)
         num_samples = trials
@@ -165,7 +168,8 @@ NOTES = """\
 What this measures. The grid is the authors' way of choosing lr and weight decay: every point of a
 log-spaced lr x wd grid over the same ranges as the experiment's search space, trained to max_epochs
 (the training recipe's own patience={patience} early stop still applies, as in every service trial;
-no ASHA). TPE+ASHA is the service's search (OptunaSearch with a seeded TPE sampler, ASHA on the epoch
+no ASHA). TPE+ASHA is the service's search (OptunaSearch with the service's seeded multivariate TPE
+sampler, random for the first max(2, min(10, trials // 3)) trials, ASHA on the epoch
 with grace {grace} and reduction factor {rf}). Both run the project's `run_trial` on the experiment's
 base config, {cpt} CPU per trial, {conc} trials at once, one Ray local cluster with {cpus} CPUs.
 "t_reach_s" is the completion time (from the start of that Tune run) of the first TPE+ASHA trial
@@ -200,6 +204,8 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="Optuna seeds (TPE+ASHA runs per variant)")
     ap.add_argument("--trials", type=int, default=12, help="TPE+ASHA trial budget per run")
     ap.add_argument("--grid", nargs=2, type=int, default=[5, 4], metavar=("N_LR", "N_WD"))
+    ap.add_argument("--val-size", type=int, default=None,
+                    help="validation rows of the built-in dataset (default: the experiment's); more rows, less noise")
     ap.add_argument("--tolerance", type=float, default=0.005, help="accuracy gap to the grid's best counted as reached")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     ap.add_argument("--concurrency", type=int, default=None,
@@ -212,7 +218,10 @@ def main() -> int:
     if args.smoke:
         args.variants, args.seeds, args.trials, args.grid = args.variants[:1], args.seeds[:1], 2, [2, 1]
     out = args.out or (Path(tempfile.gettempdir()) / "i2m2-bench-smoke" if args.smoke else RESULTS)
-    exp = load_experiment(None, SMOKE_OVERRIDES if args.smoke else [])
+    overrides = SMOKE_OVERRIDES if args.smoke else []
+    if args.val_size and not args.smoke:
+        overrides = [f"dataset.builtin.val_size={args.val_size}"]
+    exp = load_experiment(None, overrides)
     exp.validate()
     concurrency = args.concurrency or max(1, int(args.num_cpus // exp.resources.cpus_per_trial))
     load_before = os.getloadavg()

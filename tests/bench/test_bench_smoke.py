@@ -1,0 +1,45 @@
+"""The evidence scripts under bench/ run end to end at their smoke size and write their tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_dependency_regimes_smoke(tmp_path):
+    bench("dependency_regimes.py", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "dependency_regimes.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["bayes %"] == 67.2  # intra 0.5, inter 0.5, 4 classes
+    assert {"intra %", "inter:lf %", "i2m2:lf %"} <= set(rows[0])
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fsdd").is_dir(),
+                    reason="needs ../shared/data (MNIST + FSDD) or $I2M2_SHARED_DATA")
+def test_avmnist_table_smoke(tmp_path):
+    bench("avmnist_table.py", "--size", "smoke", "--out", str(tmp_path))
+    sections = json.loads((tmp_path / "avmnist_k8-smoke.json").read_text())["sections"]
+    table, ablation, missing, entropy, front = sections.values()
+    assert [r["variant"] for r in table] == ["unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf",
+                                             "intra", "i2m2:lf", "i2m2:lrtf"]
+    assert [r["init"] for r in ablation] == ["stage-1 models"] * 2 + ["from scratch"] * 2
+    assert {r["left_out"] for r in missing} == {"(none)", "image", "waveform", "inter"}
+    assert {r["model"] for r in entropy} == {"unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf"}
+    assert len(front) == 2
