@@ -47,8 +47,20 @@ def fastmri_model(size: int) -> torch.nn.Module:
     return build_model(manifest, "i2m2:early", ModelConfig(encoders={"magnitude": resnet, "phase": resnet}))
 
 
-def make_batches(count: int, batch: int, size: int) -> list[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+def avmnist_model() -> torch.nn.Module:
+    """AV-MNIST-shaped I2M2 LF: LeNet experts on a 28x28 image and a 112x112 spectrogram, 10 classes."""
+    manifest = Manifest(name="avmnist-shaped", task="multiclass", classes=[str(i) for i in range(10)], splits={},
+                        modalities={"image": ModalitySpec(column="image", kind="image", shape=[28, 28]),
+                                    "audio": ModalitySpec(column="audio", kind="spectrogram", shape=[112, 112])})
+    return build_model(manifest, "i2m2:lf", ModelConfig())
+
+
+def make_batches(count: int, batch: int, size: int, kind: str = "fastmri"):
     gen = torch.Generator().manual_seed(0)
+    if kind == "avmnist":
+        return [({"image": torch.randn(batch, 1, 28, 28, generator=gen),
+                  "audio": torch.randn(batch, 1, 112, 112, generator=gen)},
+                 torch.randint(0, 10, (batch,), generator=gen)) for _ in range(count)]
     return [({m: torch.randn(batch, 1, size, size, generator=gen) for m in ("magnitude", "phase")},
              torch.randint(0, 2, (batch, len(FINDINGS)), generator=gen)) for _ in range(count)]
 
@@ -85,7 +97,7 @@ def plain(model, batches, steps: int, device: torch.device, warmup: int) -> floa
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = model(inputs)
-        loss = F.nll_loss(out.log_probs.float().flatten(0, 1), labels.flatten())
+        loss = F.nll_loss(out.log_probs.float().reshape(-1, out.log_probs.shape[-1]), labels.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each timed round")
+    parser.add_argument("--model", choices=["fastmri", "avmnist"], default="fastmri",
+                        help="fastmri: 3x PreActResNet-18 at --size; avmnist: LeNet I2M2 LF (use --batch 40)")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
@@ -126,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("no CUDA device visible (use --device cpu for a smoke run)")
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    base = fastmri_model(args.size)
-    batches = make_batches(4, args.batch, args.size)
+    base = avmnist_model() if args.model == "avmnist" else fastmri_model(args.size)
+    batches = make_batches(4, args.batch, args.size, args.model)
     models = {"ours": copy.deepcopy(base).to(device), "plain": copy.deepcopy(base).to(device)}
     rates: dict[str, list[float]] = {"ours": [], "plain": []}
     t_start = time.perf_counter()
@@ -137,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ours_sps, plain_sps = statistics.median(rates["ours"]), statistics.median(rates["plain"])
     env = environment(device)
     params = sum(p.numel() for p in base.parameters())
-    row = {"model": f"i2m2:early 3x PreActResNet-18 {args.size}x{args.size}, {params / 1e6:.1f}M params",
+    desc = ("i2m2:lf LeNet, 28x28 image + 112x112 spectrogram" if args.model == "avmnist"
+            else f"i2m2:early 3x PreActResNet-18 {args.size}x{args.size}")
+    row = {"model": f"{desc}, {params / 1e6:.2f}M params",
            "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
            "bf16": device.type == "cuda", "ours_samples_per_s": round(ours_sps, 2),
            "plain_samples_per_s": round(plain_sps, 2), "ratio": round(ours_sps / plain_sps, 3),
@@ -152,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "train_gpu_" + re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_")
+    name = ("train_gpu_avmnist_" if args.model == "avmnist" else "train_gpu_") + re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_")
     (out / f"{name}.md").write_text(text)
     (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": [row], "rounds": rates}, indent=2))
     return 0
