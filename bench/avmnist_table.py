@@ -7,7 +7,7 @@ Everything runs through the commands a user types, so the numbers are the servic
    the normalised log-spectrogram front end, one fixed configuration, 4 epochs;
 3. ``python -m i2m2_ray.tune search_spaces/avmnist.yaml`` with all seven variants (lr and weight decay
    searched per variant, final runs over 3 seeds on the test split);
-4. the same budget for I2M2 LF / LRTF with ``final.from_scratch=true`` (the ablation);
+4. the same budget for I2M2 LF with ``final.from_scratch=true`` (the ablation);
 5. the analyses of ``python -m i2m2_ray.report`` on the main experiment's final models.
 Experiments are resumable: a re-run reuses finished phases (delete --work to start over).
 
@@ -178,13 +178,13 @@ def main() -> int:
     tune = [sys.executable, "-m", "i2m2_ray.tune", "search_spaces/avmnist.yaml", *experiment_overrides(data_dir, size),
             *args.set, "--num-cpus", str(args.num_cpus)]
     run([*tune, "variants=[" + ",".join(VARIANTS) + "]", f"output_dir={main_dir}"], log=work / f"{main_dir.name}.log")
-    run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf,i2m2:lrtf]", "final.from_scratch=true",
+    run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "final.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")
 
     from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
 
     table = comparison_rows(main_dir)
-    ablation = [r for r in comparison_rows(main_dir, "stage-1 models") if r["variant"].startswith("i2m2")]
+    ablation = [r for r in comparison_rows(main_dir, "stage-1 models") if r["variant"] == "i2m2:lf"]
     ablation += comparison_rows(scratch_dir, "from scratch")
     missing = frame_rows(missing_modality_table(main_dir, "accuracy"), {"accuracy_mean": 100, "accuracy_std": 100})
     entropy = frame_rows(dependency_table(main_dir))
@@ -197,7 +197,7 @@ def main() -> int:
                       seeds=size["seeds"], wall_s=round(time.time() - t0))
     sections = [
         ("1. AV-MNIST comparison (test accuracy, searched lr / wd, final runs over seeds)", table),
-        ("2. Pretraining ablation: I2M2 initialised from stage-1 models vs from scratch, same budget", ablation),
+        ("2. Pretraining ablation: I2M2 LF initialised from stage-1 models vs from scratch, same budget", ablation),
         ("3. Missing modality: I2M2 with one expert left out at test time (accuracy %)", missing),
         ("4. Dependency diagnosis: mean predictive entropy vs label entropy H(y) on test (nats)", entropy),
         ("5. Audio front end (unimodal audio, lr 0.05, no momentum, seed 0; why the tables use the waveform)", front),

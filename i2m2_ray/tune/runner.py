@@ -15,6 +15,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from i2m2_ray.tune.experiment import ExperimentConfig, check_variants
 from i2m2_ray.tune.state import ExperimentState, slug
 
 EXPERIMENT_FILE = "experiment.yaml"
+LOCK_FILE = ".lock"
 
 
 class Interrupted(I2M2Error):
@@ -282,10 +285,35 @@ def _check_same_experiment(exp: ExperimentConfig, exp_dir: Path) -> None:
                               "use a new output_dir (finished trials there are kept)")
 
 
+@contextmanager
+def experiment_lock(exp_dir: Path) -> Iterator[None]:
+    """One driver per experiment directory: a second would restore the same phase and race on its checkpoints.
+
+    ``flock`` is released by the kernel when the holder dies, so a killed run never leaves a stale lock.
+    """
+    import fcntl
+
+    fh = open(exp_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise ConfigError(f"{exp_dir}: another run of this experiment is in progress (pid {holder}); "
+                          "wait for it to finish or use another output_dir") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
 def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | None = None):
     """Run (or resume) every phase, then write and return the results table."""
-    from i2m2_ray.tune.results import render_markdown, results_table, save_table
-
     started = time.time()
     exp_dir = Path(exp.output_dir).resolve()
     root = resolve_dataset(exp.dataset)
@@ -296,6 +324,15 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | N
         raise ConfigError(f"{exp_dir}: an experiment exists there and --no-resume was given; use a new output_dir")
     _check_same_experiment(exp, exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(exp_dir):
+        return _run_locked(exp, exp_dir, root, modalities, num_cpus, resume, started)
+
+
+def _run_locked(exp: ExperimentConfig, exp_dir: Path, root: Path, modalities: list[str], num_cpus: int | None,
+                resume: bool, started: float):
+    from i2m2_ray.tune.results import render_markdown, results_table, save_table
+
+    manifest = load_manifest(root)
     save_yaml(to_dict(exp), exp_dir / EXPERIMENT_FILE)
     state = ExperimentState(exp_dir)
     init_ray(num_cpus)

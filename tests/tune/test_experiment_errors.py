@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,19 @@ def test_stage_split_follows_the_method():
     assert exp.stage2() == ["intra", "i2m2:lf", "i2m2:lrtf"]
     with pytest.raises(ConfigError, match="train.variant"):
         load_experiment(REPO / "search_spaces" / "default.yaml", ["train.variant=intra"])
+
+
+def test_second_driver_on_the_same_experiment_is_refused(tmp_path):
+    """Two drivers on one output_dir would restore the same phase and delete each other's checkpoints."""
+    from i2m2_ray.tune.runner import EXPERIMENT_FILE, experiment_lock
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    with experiment_lock(out):
+        proc = tune_cli(f"output_dir={out}", "variants=[unimodal:image]")
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"another run of this experiment is in progress (pid {os.getpid()})" in lines[0], lines
+    assert not (out / EXPERIMENT_FILE).exists()  # refused before writing anything
+    with experiment_lock(out):  # released when its holder is done
+        pass
