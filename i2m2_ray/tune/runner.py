@@ -205,7 +205,8 @@ def _trial_rows(grid, key: str) -> list[dict[str, Any]]:
             "weight_decay": config.get("weight_decay"), "optimizer": config.get("optimizer"),
             "batch_size": config.get("batch_size"), "seed": config.get("seed", config["base"]["seed"]),
             "error": None if r.error is None else str(r.error),
-            "val_best": m.get(key, float("nan")), "epochs": int(m.get("epoch", 0)), "time_s": m.get("time_total_s"), "final": final,
+            "val_best": m.get(key, float("nan")), "epochs": int(m.get("epoch", 0)),
+            "time_s": m.get("time_total_s"), "final": final,
         })
     return rows
 
@@ -320,11 +321,11 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | N
     manifest = load_manifest(root)
     modalities = model_modalities(manifest, exp.base_train_config().model)
     check_variants(exp, modalities)
-    if not resume and (exp_dir / "state.json").exists():
-        raise ConfigError(f"{exp_dir}: an experiment exists there and --no-resume was given; use a new output_dir")
-    _check_same_experiment(exp, exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     with experiment_lock(exp_dir):
+        if not resume and (exp_dir / "state.json").exists():
+            raise ConfigError(f"{exp_dir}: an experiment exists there and --no-resume was given; use a new output_dir")
+        _check_same_experiment(exp, exp_dir)
         return _run_locked(exp, exp_dir, root, modalities, num_cpus, resume, started)
 
 
