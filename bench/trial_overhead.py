@@ -29,7 +29,7 @@ from bench.tune_default import LoadSampler, run_service  # noqa: E402
 TINY = ["variants=[unimodal:image]", "budget.max_epochs=1", "budget.grace_period=1", "final.seeds=[0]",
         "dataset.builtin.train_size=80", "dataset.builtin.val_size=40", "dataset.builtin.test_size=40"]
 LAYOUTS = {"1 worker, in-process (2 trials at once)": (["resources.workers=1", "resources.cpus_per_trial=1"], 2),
-           "2 Ray Train workers (1 trial at a time)": (["resources.workers=2", "resources.cpus_per_trial=1"], 1)}
+           "2 Ray Train workers x 0.5 CPU (1 trial at a time)": (["resources.workers=2", "resources.cpus_per_trial=0.5"], 1)}
 
 
 def measure(label: str, overrides: list[str], concurrency: int, trials: int, tmp: Path) -> dict[str, Any]:
