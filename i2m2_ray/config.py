@@ -157,5 +157,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
-    """Write a resolved config; sorted keys keep diffs between runs readable."""
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    """Write a resolved config atomically (resume and report read it back)."""
+    from i2m2_ray.fsutil import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

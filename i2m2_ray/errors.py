@@ -15,3 +15,7 @@ class DataError(I2M2Error):
 
 class CheckpointError(I2M2Error):
     """A checkpoint or state dict does not match the model it is loaded into."""
+
+
+class TrainingDiverged(I2M2Error):
+    """The training loss became NaN or infinite: the run ends (a search goes on with other trials)."""

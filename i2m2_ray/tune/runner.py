@@ -15,21 +15,19 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from i2m2_ray.config import load_yaml, save_yaml, to_dict
 from i2m2_ray.data.format import load_manifest
 from i2m2_ray.errors import ConfigError, I2M2Error
+from i2m2_ray.fsutil import dir_lock
 from i2m2_ray.models.builder import model_modalities, stage1_variants
 from i2m2_ray.train.loop import MODEL_FILE, RESULT_FILE, resolve_dataset
 from i2m2_ray.tune.experiment import ExperimentConfig, check_variants
 from i2m2_ray.tune.state import ExperimentState, slug
 
 EXPERIMENT_FILE = "experiment.yaml"
-LOCK_FILE = ".lock"
 
 
 class Interrupted(I2M2Error):
@@ -286,31 +284,9 @@ def _check_same_experiment(exp: ExperimentConfig, exp_dir: Path) -> None:
                               "use a new output_dir (finished trials there are kept)")
 
 
-@contextmanager
-def experiment_lock(exp_dir: Path) -> Iterator[None]:
-    """One driver per experiment directory: a second would restore the same phase and race on its checkpoints.
-
-    ``flock`` is released by the kernel when the holder dies, so a killed run never leaves a stale lock.
-    """
-    import fcntl
-
-    fh = open(exp_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "unknown"
-        fh.close()
-        raise ConfigError(f"{exp_dir}: another run of this experiment is in progress (pid {holder}); "
-                          "wait for it to finish or use another output_dir") from None
-    try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield
-    finally:
-        fh.close()
+def experiment_lock(exp_dir: Path):
+    """One driver per experiment directory: a second would restore the same phase and race on its checkpoints."""
+    return dir_lock(exp_dir, what="run of this experiment")
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | None = None):
