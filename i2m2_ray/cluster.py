@@ -1,4 +1,4 @@
-"""Joining or starting the Ray cluster, the one way every entry point does it (see docs: RAY.md)."""
+"""Joining or starting the Ray cluster, the one way every entry point does it."""
 
 from __future__ import annotations
 

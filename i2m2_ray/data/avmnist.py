@@ -1,6 +1,6 @@
 """AV-MNIST: convert the MultiBench npy layout, or rebuild it from raw MNIST + FSDD.
 
-Rebuild recipe (see docs/DATA.md), faithful to the original except where the original is
+Rebuild recipe, faithful to the original except where the original is
 unavailable or leaky, and every such choice is recorded in the manifest:
 - image: MNIST digits PCA-projected onto ``pca_components`` components (fit separately on train and
   test, as the source does) and reconstructed without adding the mean back;

@@ -6,7 +6,7 @@ the manifest's ``max_samples`` in the collate step, scaled to [-1, 1]) and int64
 ``(B, L)``. The collate step works on pyarrow tables, so the ragged ``list<int16>`` audio column never
 has to become a torch tensor inside Ray.
 
-Modes (see docs/RAY.md for the measured costs):
+Modes (costs measured on a 2-CPU machine):
 - ``"materialize"``: ``read_parquet`` runs once, in the driver, and the blocks stay in the object
   store; every epoch iterates from memory (first batch ~0.15 s, ~10k image+audio rows/s/worker).
   It also sidesteps the CPU deadlock: no read task needs a CPU once the trainers hold them all.
@@ -38,7 +38,7 @@ shards with ``Dataset.split(world_size, equal=True)``. The same reader without R
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -133,36 +133,9 @@ def collate(table: pa.Table, manifest: Manifest, modalities: list[str] | None = 
     return inputs, torch.from_numpy(labels_to_numpy(table, manifest, where))
 
 
-class SpectrogramTransform:
-    """Optional in-pipeline front end: waveform (B, T) -> log power spectrogram (B, 1, F, frames),
-    with SpecAugment-style time/frequency masking when ``train``. The default pipeline does not use
-    it: the model's own front end runs on the GPU."""
-
-    def __init__(self, modality: str, n_fft: int = 254, hop_length: int = 64, time_mask: int = 0,
-                 freq_mask: int = 0, train: bool = False) -> None:
-        import torchaudio
-
-        self.modality, self.train = modality, train
-        self.spec = torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=2.0)
-        self.masks = []
-        if time_mask:
-            self.masks.append(torchaudio.transforms.TimeMasking(time_mask))
-        if freq_mask:
-            self.masks.append(torchaudio.transforms.FrequencyMasking(freq_mask))
-
-    def __call__(self, batch: Batch) -> Batch:
-        inputs, labels = batch
-        x = torch.log1p(self.spec(inputs[self.modality]) * 1e3).unsqueeze(1)
-        if self.train:
-            for m in self.masks:
-                x = m(x)
-        return {**inputs, self.modality: x}, labels
-
-
 def iter_torch_batches(source: ray.data.Dataset | ray.data.DataIterator, manifest: Manifest, batch_size: int, *,
                        shuffle: bool = False, seed: int = 0, epoch: int = 0, modalities: list[str] | None = None,
-                       drop_last: bool = False, shuffle_buffer: int | None = None, prefetch_batches: int = 1,
-                       transform: Callable[[Batch], Batch] | None = None) -> Iterator[Batch]:
+                       drop_last: bool = False, shuffle_buffer: int | None = None, prefetch_batches: int = 1) -> Iterator[Batch]:
     """Yield (inputs, labels) from a Ray Dataset or a Train shard (``get_dataset_shard``).
 
     Shuffling: block order randomised per (seed, epoch) when ``source`` is a Dataset, plus a local
@@ -179,8 +152,7 @@ def iter_torch_batches(source: ray.data.Dataset | ray.data.DataIterator, manifes
         kwargs["local_shuffle_buffer_size"] = shuffle_buffer or max(4 * batch_size, 1024)
         kwargs["local_shuffle_seed"] = ep_seed
     for table in source.iter_batches(**kwargs):
-        batch = collate(table, manifest, modalities)
-        yield transform(batch) if transform else batch
+        yield collate(table, manifest, modalities)
 
 
 class RayBatches:
@@ -188,7 +160,7 @@ class RayBatches:
 
     def __init__(self, dataset_dir: str | Path, split: str, batch_size: int, *, mode: str = "auto",
                  modalities: list[str] | None = None, shuffle: bool = False, seed: int = 0,
-                 reserved_cpus: float = 0.0, transform: Callable[[Batch], Batch] | None = None) -> None:
+                 reserved_cpus: float = 0.0) -> None:
         import ray
         import ray.data
 
@@ -198,7 +170,6 @@ class RayBatches:
         self.manifest = validate_dataset(self.root, deep=False, splits=[split])
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.modalities = modalities or list(self.manifest.modalities)
-        self.transform = transform
         self.mode: Mode = choose_mode(self.root, [split], modalities=self.modalities,
                                       override=None if mode == "auto" else mode, reserved_cpus=reserved_cpus)
         files = [str(self.root / f) for f in self.manifest.splits[split].files]
@@ -214,14 +185,8 @@ class RayBatches:
                 self._shards[world_size] = ds.split(world_size, equal=True)
             ds = self._shards[world_size][rank]
         yield from iter_torch_batches(ds, self.manifest, self.batch_size, shuffle=self.shuffle, seed=self.seed,
-                                      epoch=epoch, modalities=self.modalities, transform=self.transform)
+                                      epoch=epoch, modalities=self.modalities)
 
     def __len__(self) -> int:
         return self.manifest.splits[self.split].rows
-
-
-def ray_batches(dataset_dir: str | Path, split: str, batch_size: int, *, epoch: int = 0, rank: int = 0,
-                world_size: int = 1, **kwargs: Any) -> Iterator[Batch]:
-    """Convenience: one epoch of batches from a fresh :class:`RayBatches` (kwargs go to its constructor)."""
-    return RayBatches(dataset_dir, split, batch_size, **kwargs).iter_batches(epoch, rank=rank, world_size=world_size)
 
