@@ -19,8 +19,10 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2m2_ray.data.format import MANIFEST, Manifest, SplitSpec
+from i2m2_ray.data.format import MANIFEST, Manifest, SplitSpec, check_output, publish
 from i2m2_ray.errors import DataError
+
+__all__ = ["DatasetWriter", "Progress", "check_output"]
 
 
 class Progress:
@@ -54,15 +56,6 @@ class Progress:
         print(msg, file=sys.stderr, flush=True)
 
 
-def check_output(out_dir: str | Path, overwrite: bool) -> None:
-    """Fail before any work if the output exists and may not (or must not) be replaced."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to replace it)")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise DataError(f"{out_dir}: exists and is not a prepared dataset; refusing to replace it")
-
-
 class DatasetWriter:
     """Write a dataset split by split, chunk by chunk; ``commit`` validates and renames.
 
@@ -72,8 +65,9 @@ class DatasetWriter:
 
     def __init__(self, out_dir: str | Path, manifest: Manifest, *, overwrite: bool = False,
                  row_group_size: int = 256) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).expanduser()
         check_output(self.out_dir, overwrite)
+        self.overwrite = overwrite
         self.manifest = manifest
         self.row_group_size = row_group_size
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -116,15 +110,8 @@ class DatasetWriter:
         self.manifest.splits = {s: SplitSpec(rows=self._rows[s], files=[f"{s}.parquet"]) for s in splits}
         (self.tmp / MANIFEST).write_text(self.manifest.to_json())
         validate_dataset(self.tmp, deep=True)
-        if self.out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old.", dir=self.out_dir.parent))
-            os.replace(self.out_dir, old / "d")
-            os.replace(self.tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out_dir)
-        self.committed = True
-        return self.out_dir
+        self.committed = True  # publish removes the temporary directory whatever happens
+        return publish(self.tmp, self.out_dir, self.overwrite)
 
     def abort(self) -> None:
         for w in self._writers.values():
