@@ -270,7 +270,7 @@ def _checked_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
                 raise ConfigError(f"{path}: missing (required)")
             continue
         value = _check_type(data[name], hints[name], path)
-        optional = type(None) in typing.get_args(hints[name])
+        optional = type(None) in typing.get_args(hints[name]) and "flag" not in f.metadata  # a flag has no null
         kwargs[name] = _apply_meta(value, f.metadata, path, optional)
     return kwargs
 
