@@ -147,6 +147,11 @@ def _inter_expert(variant: Variant, manifest: Manifest, mods: list[str], cfg: Mo
                                else f"{m} is a feature vector" for m, s in shapes.items())
             raise ConfigError(f"variant '{variant}': early fusion stacks modalities as channels, so they must "
                               f"share one grid; {detail}")
+        waves = [m for m in mods if manifest.modalities[m].kind == "waveform"]
+        if waves:  # the front end turns one waveform into a spectrogram; stacked raw audio has no grid
+            raise ConfigError(f"variant '{variant}': early fusion stacks stored grids as channels, and "
+                              f"{', '.join(waves)} {'is a' if len(waves) == 1 else 'are'} raw waveform"
+                              f"{'s' if len(waves) > 1 else ''} (use lf or lrtf fusion)")
         in_ch = sum(s[0] for s in shapes.values())
         encoder = build_encoder(mods[0], manifest.modalities[mods[0]], cfg, cfg.inter_channels, in_channels=in_ch)
         return EarlyFusion(mods, encoder, MLPHead(encoder.out_dim, cfg.hidden, k, heads))
