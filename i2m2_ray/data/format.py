@@ -57,7 +57,8 @@ class ModalitySpec:
     def validate(self, where: str = "") -> None:
         dims = {"image": (2, 3), "spectrogram": (2, 3), "waveform": (1,)}.get(self.kind)
         if not self.shape or (dims is not None and len(self.shape) not in dims):
-            want = "a non-empty list" if dims is None else " or ".join(f"{d} dimensions" for d in dims)
+            want = ("a non-empty list" if dims is None
+                    else " or ".join(map(str, dims)) + (" dimension" if dims == (1,) else " dimensions"))
             raise ConfigError(f"{where}.shape: a {self.kind} needs {want}, got {self.shape}")
         for key in EXTRA_NUMBERS:
             value = self.extra.get(key)
