@@ -131,16 +131,16 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_finite(value: Any, where: str) -> Any:
+def _check_finite(value: Any, where: str, parents: tuple[int, ...] = ()) -> Any:
     """Untyped values (``Any``) still may not hide an inf or NaN anywhere inside."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: must be a finite number, got {value}")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in parents:  # a YAML alias inside itself
+            raise ConfigError(f"{where}: a value may not contain itself")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            _check_finite(v, f"{where}.{k}" if isinstance(value, dict) else f"{where}[{k}]", (*parents, id(value)))
     return value
 
 

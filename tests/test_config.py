@@ -28,7 +28,12 @@ from i2m2_ray.data.format import Manifest, ModalitySpec, SplitSpec
 from i2m2_ray.data.synthetic import SyntheticConfig
 from i2m2_ray.errors import ConfigError
 from i2m2_ray.models.builder import EncoderConfig, FrontEndConfig, ModelConfig
-from i2m2_ray.train.config import DatasetConfig, OptimConfig, TrainConfig, load_train_config
+from i2m2_ray.train.config import (
+    DatasetConfig,
+    OptimConfig,
+    TrainConfig,
+    load_train_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,10 +279,10 @@ def finished_run(tmp_path_factory, small_dataset) -> Path:
     (["eval_batch_size=0"], "error: eval_batch_size: must be in [1, 2147483647], got 0"),
     (["optim.momentum=-0.5"], "error: optim.momentum: must be in [0, 1), got -0.5"),
     (["dataset.builtin.sample_rate=10"], "error: dataset.builtin.sample_rate: must be in [1000, 192000], got 10"),
-    (["model.encoders.image.layerz=1"], "error: unknown config key 'model.encoders.image.layerz' (known here: "
-                                        "arch, hidden, layers, out_dim)"),
-    (["model.encoders.imgae.layers=2"], "error: model.encoders.imgae: unknown modality 'imgae' (dataset has "
-                                        "image, audio)"),
+    (["model.encoders.image.layerz=1"], ("error: unknown config key 'model.encoders.image.layerz' (known here: "
+                                         "arch, hidden, layers, out_dim)")),
+    (["model.encoders.imgae.layers=2"], ("error: model.encoders.imgae: unknown modality 'imgae' (dataset has "
+                                         "image, audio)")),
 ])
 def test_cli_one_line_and_finished_run_untouched(finished_run, small_dataset, args, line):
     before = digest(finished_run)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from i2m2_ray.config import check_fields
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, waveform_array
 from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
-from i2m2_ray.config import check_fields
 from i2m2_ray.errors import ConfigError, DataError
 
 SAMPLE_RATE = 8000

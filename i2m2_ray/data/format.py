@@ -9,7 +9,6 @@ as shaped arrays); raw audio is ``list<int16>`` plus ``sample_rate`` and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -156,59 +155,6 @@ def load_manifest(root: str | Path) -> Manifest:
     return Manifest.from_dict(data, str(path))
 
 
-def check_output(out_dir: str | Path, overwrite: bool) -> None:
-    """Fail before any work if ``out_dir`` exists and may not, or must not, be replaced.
-
-    Only one of our datasets (a directory with a valid manifest) is ever replaced: ``--overwrite``
-    pointed at a home directory or a source folder by mistake must not delete it.
-    """
-    out_dir = Path(out_dir)
-    if not out_dir.exists() and not out_dir.is_symlink():
-        return
-    if not overwrite:
-        raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to replace it)")
-    try:
-        load_manifest(out_dir)
-    except DataError:
-        raise DataError(f"{out_dir}: exists and is not a prepared dataset (no valid {MANIFEST}); "
-                        "refusing to replace it") from None
-
-
-def publish(tmp: Path, out_dir: Path, overwrite: bool, exist_ok: bool = False) -> Path:
-    """Rename a finished dataset from ``tmp`` into place (removing ``tmp`` if it is not used).
-
-    Without ``overwrite`` an existing ``out_dir`` is never touched: if a concurrent writer published
-    first, its dataset stays (and is returned when ``exist_ok``). With ``overwrite`` the existing
-    dataset, checked again to be one, is moved aside and deleted only once the new one is in place.
-    """
-    try:
-        for _ in range(3):  # another writer may publish between our two renames: retry, then give up
-            old = None
-            if overwrite and (out_dir.exists() or out_dir.is_symlink()):
-                check_output(out_dir, overwrite=True)
-                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-                try:
-                    os.replace(out_dir, old / "d")
-                except FileNotFoundError:  # a concurrent writer moved it first
-                    pass
-            try:
-                os.replace(tmp, out_dir)  # refuses a non-empty directory: an existing dataset survives
-                return out_dir
-            except OSError:
-                if not overwrite:
-                    if exist_ok:
-                        load_manifest(out_dir)  # the concurrent writer's dataset must be complete
-                        return out_dir
-                    raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to "
-                                    "replace it)") from None
-            finally:
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-        raise DataError(f"{out_dir}: replaced by another process while writing; kept its dataset")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def tensor_array(x: np.ndarray) -> pa.ExtensionArray:
     """Fixed-shape tensor column; contiguous first, since polars ignores permutations."""
     import pyarrow as pa  # lazy: models and the in-process loop import this module without pyarrow
@@ -238,18 +184,22 @@ def write_dataset(
     """Write splits + manifest into a sibling temp dir, then rename: no half-written datasets."""
     import pyarrow.parquet as pq
 
+    from i2m2_ray.data.writer import check_output, publish, writing
+
     out_dir = Path(out_dir).expanduser()
     check_output(out_dir, overwrite or exist_ok)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for split, table in tables.items():
-            fname = f"{split}.parquet"
-            meta = dict(table.schema.metadata or {})
-            meta[b"i2m2_ray.dataset"] = manifest.name.encode()
-            pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
-            manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        with writing(out_dir):
+            for split, table in tables.items():
+                fname = f"{split}.parquet"
+                meta = dict(table.schema.metadata or {})
+                meta[b"i2m2_ray.dataset"] = manifest.name.encode()
+                pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
+                manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
+            (tmp / MANIFEST).write_text(manifest.to_json())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

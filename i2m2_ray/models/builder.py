@@ -22,7 +22,13 @@ from i2m2_ray.models.encoders import (
     WaveformEncoder,
     lenet_layers_for,
 )
-from i2m2_ray.models.fusion import EarlyFusion, LateFusion, LowRankTensorFusion, TensorFusionExpert, UnimodalExpert
+from i2m2_ray.models.fusion import (
+    EarlyFusion,
+    LateFusion,
+    LowRankTensorFusion,
+    TensorFusionExpert,
+    UnimodalExpert,
+)
 from i2m2_ray.models.poe import ProductOfExperts
 
 FUSIONS = ("lf", "lrtf", "early")

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from i2m2_ray.data.__main__ import main
-from i2m2_ray.data.format import load_manifest, publish
+from i2m2_ray.data.format import load_manifest
 from i2m2_ray.data.synthetic import SyntheticConfig, generate
 from i2m2_ray.data.validate import validate_dataset
+from i2m2_ray.data.writer import publish
 from i2m2_ray.errors import DataError
 
 SMALL = SyntheticConfig(train_size=200, val_size=40, test_size=40)
@@ -160,3 +161,20 @@ def test_two_overwrites_at_once_leave_one_complete_dataset(tmp_path):
     manifest = validate_dataset(out, deep=True)
     assert manifest.provenance["seed"] in (1, 2) and manifest.splits["train"].rows == 300
     assert sorted(p.name for p in out.parent.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize("kind", ["builtin", "features"])
+def test_unwritable_output_is_one_line(tmp_path, capsys, kind):
+    blocker = plain_file(tmp_path)
+    out = blocker / "ds"  # its parent is a file: nothing can be created there, even as root
+    if kind == "features":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"e": pa.array([[1.0, 2.0]] * 30, type=pa.list_(pa.float32())),
+                                 "label": pa.array([0, 1] * 15)}), tmp_path / "src")
+    assert main(["prepare", kind, *prepare_args(kind, tmp_path)[:2], *(["--modality", "v=e"] * (kind == "features")),
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: cannot write the dataset (") and err.count("\n") == 1, err
+    assert blocker.read_text() == "not a directory"
