@@ -61,7 +61,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def find_mnist(mnist_dir: str | Path) -> dict[str, Path]:
     """The four MNIST files, with either ``-idx3-ubyte`` or ``.idx3-ubyte`` naming, gzip or not."""
-    mnist_dir = Path(mnist_dir)
+    mnist_dir = Path(mnist_dir).expanduser()
     out = {}
     for key, stem in (("train_images", "train-images"), ("train_labels", "train-labels"),
                       ("test_images", "t10k-images"), ("test_labels", "t10k-labels")):
@@ -99,7 +99,7 @@ class Recording:
 
 def list_fsdd(fsdd_dir: str | Path) -> list[Recording]:
     """FSDD recordings ``{digit}_{speaker}_{index}.wav`` (in ``recordings/`` or directly in the folder)."""
-    root = Path(fsdd_dir)
+    root = Path(fsdd_dir).expanduser()
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     recs = []
     for p in sorted(folder.glob("*.wav")):
@@ -426,7 +426,7 @@ def prepare_avmnist(source: str | Path, out_dir: str | Path, *, val_size: int = 
                     progress: bool = False) -> Path:
     """Convert the MultiBench npy layout (any float dtype, memory-mapped, chunked) to Parquet."""
     check_output(out_dir, overwrite)
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise DataError(f"{source}: source directory not found")
     arrays = {}

@@ -78,7 +78,7 @@ class Annotations:
 
 def read_annotations(knee_csv: str | Path, file_list: str | Path) -> Annotations:
     """Parse knee.csv (file,slice,study_level,x,y,width,height,label) and the reviewed-volume list."""
-    knee_csv, file_list = Path(knee_csv), Path(file_list)
+    knee_csv, file_list = Path(knee_csv).expanduser(), Path(file_list).expanduser()
     for p in (knee_csv, file_list):
         if not p.is_file():
             raise DataError(f"{p}: annotation file not found")
@@ -156,7 +156,7 @@ class Volume:
 
 def find_volumes(source: str | Path) -> list[Volume]:
     """Every ``*.h5`` under ``source`` (sorted); a volume id seen twice is an error."""
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise DataError(f"{source}: source directory not found")
     seen: dict[str, Path] = {}

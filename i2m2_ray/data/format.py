@@ -143,7 +143,7 @@ class Manifest:
 
 
 def load_manifest(root: str | Path) -> Manifest:
-    path = Path(root) / MANIFEST
+    path = Path(root).expanduser() / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: no manifest (is {root} a prepared dataset directory?)")
     try:

@@ -178,3 +178,15 @@ def test_unwritable_output_is_one_line(tmp_path, capsys, kind):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}: cannot write the dataset (") and err.count("\n") == 1, err
     assert blocker.read_text() == "not a directory"
+
+
+def test_tilde_in_data_paths_means_home(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["prepare", "builtin", "--out", "~/ds", "--quiet"]) == 0
+    assert main(["validate", "~/ds", "--quick"]) == 0
+    assert load_manifest(home / "ds").splits["train"].rows == SyntheticConfig().train_size
+    assert not (tmp_path / "~").exists()
+    assert capsys.readouterr().out.splitlines()[0] == f"wrote {home / 'ds'}"
