@@ -19,15 +19,16 @@ from __future__ import annotations
 import gzip
 import re
 import wave
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from i2m2_ray.config import check_fields
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, waveform_array
 from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
-from i2m2_ray.errors import DataError
+from i2m2_ray.errors import ConfigError, DataError
 
 SAMPLE_RATE = 8000
 NFFT = 223
@@ -60,7 +61,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def find_mnist(mnist_dir: str | Path) -> dict[str, Path]:
     """The four MNIST files, with either ``-idx3-ubyte`` or ``.idx3-ubyte`` naming, gzip or not."""
-    mnist_dir = Path(mnist_dir)
+    mnist_dir = Path(mnist_dir).expanduser()
     out = {}
     for key, stem in (("train_images", "train-images"), ("train_labels", "train-labels"),
                       ("test_images", "t10k-images"), ("test_labels", "t10k-labels")):
@@ -98,7 +99,7 @@ class Recording:
 
 def list_fsdd(fsdd_dir: str | Path) -> list[Recording]:
     """FSDD recordings ``{digit}_{speaker}_{index}.wav`` (in ``recordings/`` or directly in the folder)."""
-    root = Path(fsdd_dir)
+    root = Path(fsdd_dir).expanduser()
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     recs = []
     for p in sorted(folder.glob("*.wav")):
@@ -214,27 +215,28 @@ def _modalities(keep_waveform: bool, max_samples: int) -> dict[str, ModalitySpec
 class AVMNISTRawConfig:
     """Every knob of the rebuild; all of it lands in the manifest provenance."""
 
-    pca_components: int = 196
+    pca_components: int = field(default=196, metadata={"ge": 1, "le": 784, "flag": "--pca-components"})
     noise: str = "pink"
-    noise_weight: float = 0.009
-    seed: int = 0
-    val_size: int = 5000
+    noise_weight: float = field(default=0.009, metadata={"ge": 0, "lt": 1, "flag": "--noise-weight"})
+    seed: int = field(default=0, metadata={"ge": 0, "lt": 2**32, "flag": "--seed"})
+    val_size: int = field(default=5000, metadata={"ge": 1, "flag": "--val-size"})
     val_split: str = "speaker"  # "speaker": one train speaker held out; "last_rows": reference split
     val_speaker: str | None = None  # default: first train speaker in sorted order
     test_speaker: str = "yweweler"
-    train_limit: int | None = None  # use only the first N MNIST train rows (small rebuilds)
-    test_limit: int | None = None
+    # use only the first N MNIST train / test rows (small rebuilds)
+    train_limit: int | None = field(default=None, metadata={"ge": 1, "flag": "--train-size"})
+    test_limit: int | None = field(default=None, metadata={"ge": 1, "flag": "--test-size"})
     keep_waveform: bool = False
 
     def check(self) -> None:
+        try:
+            check_fields(self)
+        except ConfigError as exc:
+            raise DataError(str(exc)) from None
         if self.noise not in (*NOISE_EXPONENT, "none"):
             raise DataError(f"--noise must be one of white, pink, brown, none; got {self.noise!r}")
         if self.val_split not in ("speaker", "last_rows"):
             raise DataError(f"--val-split must be speaker or last_rows, got {self.val_split!r}")
-        if self.val_size < 1:
-            raise DataError(f"--val-size must be >= 1, got {self.val_size}")
-        if not 0.0 <= self.noise_weight < 1.0:
-            raise DataError(f"--noise-weight must be in [0, 1), got {self.noise_weight}")
 
 
 def _pairing(labels: np.ndarray, recs: list[Recording], seed: int, salt: int, where: str) -> list[Recording]:
@@ -424,7 +426,7 @@ def prepare_avmnist(source: str | Path, out_dir: str | Path, *, val_size: int = 
                     progress: bool = False) -> Path:
     """Convert the MultiBench npy layout (any float dtype, memory-mapped, chunked) to Parquet."""
     check_output(out_dir, overwrite)
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise DataError(f"{source}: source directory not found")
     arrays = {}

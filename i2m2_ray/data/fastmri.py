@@ -30,10 +30,11 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
+from i2m2_ray.config import check_fields
 from i2m2_ray.data.avmnist import RunningStats
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array
 from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
-from i2m2_ray.errors import DataError
+from i2m2_ray.errors import ConfigError, DataError
 
 CLASSES = ["other", "meniscus_tear", "acl", "cartilage"]
 ISMRMRD_NS = "{http://www.ismrm.org/ISMRMRD}"
@@ -77,7 +78,7 @@ class Annotations:
 
 def read_annotations(knee_csv: str | Path, file_list: str | Path) -> Annotations:
     """Parse knee.csv (file,slice,study_level,x,y,width,height,label) and the reviewed-volume list."""
-    knee_csv, file_list = Path(knee_csv), Path(file_list)
+    knee_csv, file_list = Path(knee_csv).expanduser(), Path(file_list).expanduser()
     for p in (knee_csv, file_list):
         if not p.is_file():
             raise DataError(f"{p}: annotation file not found")
@@ -155,7 +156,7 @@ class Volume:
 
 def find_volumes(source: str | Path) -> list[Volume]:
     """Every ``*.h5`` under ``source`` (sorted); a volume id seen twice is an error."""
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_dir():
         raise DataError(f"{source}: source directory not found")
     seen: dict[str, Path] = {}
@@ -202,10 +203,18 @@ def _iter_volume(path: Path, chunk: int = 16) -> Iterator[tuple[int, np.ndarray,
 
 @dataclass
 class FastMRIConfig:
-    seed: int = 0
+    seed: int = field(default=0, metadata={"ge": 0, "lt": 2**32, "flag": "--seed"})
     study_level: str = "slice"  # "slice" | "volume"
     keep_kspace: bool = False
-    limit_volumes: int | None = None
+    limit_volumes: int | None = field(default=None, metadata={"ge": 1, "flag": "--limit-volumes"})
+
+    def check(self) -> None:
+        try:
+            check_fields(self)
+        except ConfigError as exc:
+            raise DataError(str(exc)) from None
+        if self.study_level not in ("slice", "volume"):
+            raise DataError(f"--study-level must be slice or volume, got {self.study_level!r}")
 
 
 def prepare_fastmri(source: str | Path, annotations: str | Path, file_list: str | Path, out_dir: str | Path,
@@ -213,8 +222,7 @@ def prepare_fastmri(source: str | Path, annotations: str | Path, file_list: str 
     """Convert fastMRI knee HDF5 volumes under ``source`` to the Parquet format, one row per slice."""
     cfg = cfg or FastMRIConfig()
     check_output(out_dir, overwrite)
-    if cfg.study_level not in ("slice", "volume"):
-        raise DataError(f"--study-level must be slice or volume, got {cfg.study_level!r}")
+    cfg.check()
     ann = read_annotations(annotations, file_list)
     volumes = find_volumes(source)
     labeled = [v for v in volumes if v.volume_id in ann.reviewed]

@@ -55,7 +55,7 @@ def prepare_features(source: str | Path, out_dir: str | Path, modalities: dict[s
                      name: str = "features", overwrite: bool = False) -> Path:
     """Convert a Parquet file of embedding vectors into the dataset format (modalities of kind ``features``)."""
     check_output(out_dir, overwrite)
-    source = Path(source)
+    source = Path(source).expanduser()
     if not source.is_file():
         raise DataError(f"{source}: source file not found")
     if task not in ("multiclass", "multilabel"):

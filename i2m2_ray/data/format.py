@@ -9,16 +9,16 @@ as shaped arrays); raw audio is ``list<int16>`` plus ``sample_rate`` and
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from i2m2_ray.errors import DataError
+from i2m2_ray.config import from_dict
+from i2m2_ray.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,15 +30,21 @@ ModalityKind = Literal["image", "spectrogram", "waveform", "features"]
 KINDS = ("image", "spectrogram", "waveform", "features")
 
 
+# Hints in ``ModalitySpec.extra`` that readers and the model builder use, with the types they need.
+EXTRA_NUMBERS = ("scale", "mean", "std")
+EXTRA_POSITIVE_INTS = ("n_fft", "hop_length", "frames")
+
+
 @dataclass
 class ModalitySpec:
     """One input modality: how it is stored and what shape the model sees."""
 
-    kind: str
+    kind: ModalityKind
     column: str
-    shape: list[int] = field(default_factory=list)  # stored shape; waveform: [max_samples]
+    # stored shape; waveform: [max_samples]
+    shape: list[int] = field(default_factory=list, metadata={"ge": 1, "le": 2**31 - 1})
     dtype: str = "float32"
-    sample_rate: int | None = None  # waveform only
+    sample_rate: int | None = field(default=None, metadata={"ge": 1})  # waveform only
     extra: dict[str, Any] = field(default_factory=dict)  # normalisation, front-end hints
 
     def model_shape(self) -> tuple[int, ...]:
@@ -47,11 +53,41 @@ class ModalitySpec:
             return (1, *self.shape)
         return tuple(self.shape)
 
+    def validate(self, where: str = "") -> None:
+        dims = {"image": (2, 3), "spectrogram": (2, 3), "waveform": (1,)}.get(self.kind)
+        if not self.shape or (dims is not None and len(self.shape) not in dims):
+            want = ("a non-empty list" if dims is None
+                    else " or ".join(map(str, dims)) + (" dimension" if dims == (1,) else " dimensions"))
+            raise ConfigError(f"{where}.shape: a {self.kind} needs {want}, got {self.shape}")
+        for key in EXTRA_NUMBERS:
+            value = self.extra.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{where}.extra.{key}: expected a number, got {value!r}")
+        for key in EXTRA_POSITIVE_INTS:
+            value = self.extra.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{where}.extra.{key}: expected a positive integer, got {value!r}")
+
 
 @dataclass
 class SplitSpec:
-    rows: int
+    rows: int = field(metadata={"ge": 0})
     files: list[str]
+
+    def validate(self, where: str = "") -> None:
+        if not self.files:
+            raise ConfigError(f"{where}.files: no files listed")
+        for i, name in enumerate(self.files):
+            if not inside(name):
+                raise ConfigError(f"{where}.files[{i}]: {name!r} must be a relative path inside the dataset "
+                                  "directory")
+
+
+def inside(name: str) -> bool:
+    """Whether a manifest's file entry stays inside the dataset directory (no absolute path, no ``..``)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return (bool(name) and not PurePosixPath(name).is_absolute() and not PureWindowsPath(name).anchor
+            and ".." not in parts and "\0" not in name)
 
 
 @dataclass
@@ -59,15 +95,15 @@ class Manifest:
     """Everything a reader or model builder needs to know about a prepared dataset."""
 
     name: str
-    task: str  # "multiclass" | "multilabel"
+    task: Literal["multiclass", "multilabel"]
     classes: list[str]  # multiclass: class names; multilabel: one name per binary label
     modalities: dict[str, ModalitySpec]
     splits: dict[str, SplitSpec]
     label_column: str = "label"
     id_column: str = "sample_id"
     provenance: dict[str, Any] = field(default_factory=dict)
-    bayes_accuracy: float | None = None
-    format_version: int = FORMAT_VERSION
+    bayes_accuracy: float | None = field(default=None, metadata={"ge": 0, "le": 1})
+    format_version: int = field(default=FORMAT_VERSION, metadata={"ge": 1, "le": FORMAT_VERSION})
 
     @property
     def num_classes(self) -> int:
@@ -83,33 +119,39 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST) -> Manifest:
+        """Every field type-checked, unknown keys refused; errors name ``where`` and the dotted key."""
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
         try:
-            mods = {
-                name: ModalitySpec(**spec) for name, spec in data["modalities"].items()
-            }
-            splits = {name: SplitSpec(**spec) for name, spec in data["splits"].items()}
-            rest = {k: v for k, v in data.items() if k not in ("modalities", "splits")}
-            manifest = cls(modalities=mods, splits=splits, **rest)
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{where}: malformed manifest ({exc})") from None
-        if manifest.task not in ("multiclass", "multilabel"):
-            raise DataError(f"{where}: task must be multiclass or multilabel, got {manifest.task!r}")
-        for name, spec in manifest.modalities.items():
-            if spec.kind not in KINDS:
-                raise DataError(f"{where}: modality {name!r} has unknown kind {spec.kind!r}")
-        if len(manifest.modalities) < 1 or not manifest.classes:
-            raise DataError(f"{where}: manifest needs at least one modality and one class")
-        return manifest
+            return from_dict(cls, data)
+        except ConfigError as exc:
+            raise DataError(f"{where}: {str(exc).replace('unknown config key', 'unknown key')}") from None
+
+    def validate(self, where: str = "") -> None:
+        if not self.modalities:
+            raise ConfigError("modalities: need at least one modality")
+        least = 2 if self.task == "multiclass" else 1
+        if len(self.classes) < least:
+            raise ConfigError(f"classes: a {self.task} task needs at least {least}, got {len(self.classes)}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("classes: names must be distinct")
+        columns = [spec.column for spec in self.modalities.values()] + [self.label_column, self.id_column]
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ConfigError(f"modalities: column {twice[0]!r} is used twice (modalities, label and id "
+                              "need one column each)")
 
 
 def load_manifest(root: str | Path) -> Manifest:
-    path = Path(root) / MANIFEST
+    path = Path(root).expanduser() / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: no manifest (is {root} a prepared dataset directory?)")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({type(exc).__name__})") from None
     return Manifest.from_dict(data, str(path))
 
 
@@ -137,35 +179,31 @@ def write_dataset(
     tables: dict[str, pa.Table],
     row_group_size: int = 256,
     overwrite: bool = False,
+    exist_ok: bool = False,
 ) -> Path:
     """Write splits + manifest into a sibling temp dir, then rename: no half-written datasets."""
     import pyarrow.parquet as pq
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise DataError(f"{out_dir}: output directory already exists (pass overwrite to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    from i2m2_ray.data.writer import check_output, publish, writing
+
+    out_dir = Path(out_dir).expanduser()
+    check_output(out_dir, overwrite or exist_ok)
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for split, table in tables.items():
-            fname = f"{split}.parquet"
-            meta = dict(table.schema.metadata or {})
-            meta[b"i2m2_ray.dataset"] = manifest.name.encode()
-            pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
-            manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        with writing(out_dir):
+            for split, table in tables.items():
+                fname = f"{split}.parquet"
+                meta = dict(table.schema.metadata or {})
+                meta[b"i2m2_ray.dataset"] = manifest.name.encode()
+                pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
+                manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
+            (tmp / MANIFEST).write_text(manifest.to_json())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+    return publish(tmp, out_dir, overwrite, exist_ok)
 
 
 def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[str] | None = None) -> pa.Table:
@@ -177,6 +215,8 @@ def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[s
         raise DataError(f"{Path(root) / MANIFEST}: split {split!r} not in manifest (has {', '.join(manifest.splits)})")
     parts = []
     for fname in manifest.splits[split].files:
+        if not inside(fname):
+            raise DataError(f"{Path(root) / MANIFEST}: splits.{split}.files: {fname!r} is outside the dataset")
         path = Path(root) / fname
         if not path.is_file():
             raise DataError(f"{path}: file listed in the manifest is missing")

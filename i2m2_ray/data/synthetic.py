@@ -15,48 +15,43 @@ is the ceiling a model can reach.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, waveform_array, write_dataset
-from i2m2_ray.errors import ConfigError
-
+from i2m2_ray.config import check_fields
+from i2m2_ray.data.format import Manifest, ModalitySpec, load_manifest, tensor_array, waveform_array, write_dataset
+from i2m2_ray.data.writer import check_output
+from i2m2_ray.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 2  # bump when the output for a given config changes (it keys the dataset cache)
+MAX_ROWS = 1_000_000  # per split: the generator holds a split in memory
 
 
 @dataclass
 class SyntheticConfig:
     """Knobs of the built-in generator; every value lands in the manifest."""
 
-    num_classes: int = 4
-    intra_strength: float = 0.5
-    inter_strength: float = 0.5
-    train_size: int = 2000
-    val_size: int = 500
-    test_size: int = 500
-    image_size: int = 28
-    image_noise: float = 0.35
-    sample_rate: int = 8000
-    max_samples: int = 4000
-    min_samples: int = 3000
-    audio_noise: float = 0.3
-    seed: int = 0
+    num_classes: int = field(default=4, metadata={"ge": 2, "le": 127})  # labels are stored as int8
+    intra_strength: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    inter_strength: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    train_size: int = field(default=2000, metadata={"ge": 1, "le": MAX_ROWS})
+    val_size: int = field(default=500, metadata={"ge": 1, "le": MAX_ROWS})
+    test_size: int = field(default=500, metadata={"ge": 1, "le": MAX_ROWS})
+    image_size: int = field(default=28, metadata={"ge": 4, "le": 512})  # LeNet pools it down to about 1x1
+    image_noise: float = field(default=0.35, metadata={"ge": 0})
+    sample_rate: int = field(default=8000, metadata={"ge": 1000, "le": 192000})  # tones span 300 Hz..0.4 rate
+    # the audio front end's window is 62 samples: shorter clips cannot be framed
+    max_samples: int = field(default=4000, metadata={"ge": 64, "le": 1_000_000})
+    min_samples: int = field(default=3000, metadata={"ge": 1, "le": 1_000_000})
+    audio_noise: float = field(default=0.3, metadata={"ge": 0})
+    seed: int = field(default=0, metadata={"ge": 0, "lt": 2**32})
 
     def validate(self, where: str = "dataset.builtin") -> None:
-        for name in ("intra_strength", "inter_strength"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{where}.{name}: must be in [0, 1], got {v}")
-        if self.num_classes < 2:
-            raise ConfigError(f"{where}.num_classes: need at least 2 classes, got {self.num_classes}")
-        if min(self.train_size, self.val_size, self.test_size) < 1:
-            raise ConfigError(f"{where}: every split needs at least one row")
-        if not 0 < self.min_samples <= self.max_samples:
-            raise ConfigError(f"{where}: need 0 < min_samples <= max_samples")
+        if self.min_samples > self.max_samples:
+            raise ConfigError(f"{where}.min_samples: {self.min_samples} is more than max_samples={self.max_samples}")
 
 
 def bayes_accuracy(num_classes: int, intra: float, inter: float) -> float:
@@ -122,9 +117,20 @@ def _render_audio(cfg: SyntheticConfig, symbols: np.ndarray, rng: np.random.Gene
     return clips
 
 
-def generate(cfg: SyntheticConfig, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write the built-in dataset to ``out_dir`` (Parquet + manifest); deterministic for ``cfg.seed``."""
-    cfg.validate()
+def generate(cfg: SyntheticConfig, out_dir: str | Path, overwrite: bool = False, exist_ok: bool = False,
+             where: str = "dataset.builtin") -> Path:
+    """Write the built-in dataset to ``out_dir`` (Parquet + manifest); deterministic for ``cfg.seed``.
+
+    ``overwrite`` replaces an existing dataset (never a directory that is not one). ``exist_ok`` is
+    for caches: a complete dataset already there, or written meanwhile by a concurrent generator,
+    is kept and returned.
+    """
+    check_fields(cfg, where)
+    cfg.validate(where)
+    out_dir = Path(out_dir).expanduser()
+    if exist_ok and _complete(out_dir):
+        return out_dir
+    check_output(out_dir, overwrite)
     rng = np.random.default_rng(cfg.seed)
     templates = _templates(cfg, rng)
     tables = {}
@@ -158,4 +164,12 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, overwrite: bool = False)
         provenance={"generator": "i2m2_ray.data.synthetic", "generator_version": GENERATOR_VERSION, **asdict(cfg)},
         bayes_accuracy=bayes_accuracy(cfg.num_classes, cfg.intra_strength, cfg.inter_strength),
     )
-    return write_dataset(out_dir, manifest, tables, overwrite=overwrite)
+    return write_dataset(out_dir, manifest, tables, overwrite=overwrite, exist_ok=exist_ok)
+
+
+def _complete(out_dir: Path) -> bool:
+    try:
+        load_manifest(out_dir)
+    except DataError:
+        return False
+    return True

@@ -163,13 +163,11 @@ def check_unique_ids(ids: list[tuple[Path, pa.Array]], column: str) -> None:
 
 def validate_dataset(root: str | Path, deep: bool = True, splits: list[str] | None = None) -> Manifest:
     """Check a prepared dataset against its manifest; returns the manifest or raises one-line ``DataError``."""
-    root = Path(root)
+    root = Path(root).expanduser()
     manifest_path = root / MANIFEST
     manifest = load_manifest(root)
     if not manifest.splits:
         raise DataError(f"{manifest_path}: manifest lists no splits")
-    if manifest.task == "multilabel" and len(set(manifest.classes)) != len(manifest.classes):
-        raise DataError(f"{manifest_path}: duplicate label names in classes")
     for name, spec in manifest.modalities.items():
         if not spec.shape or any(int(s) < 1 for s in spec.shape):
             raise DataError(f"{manifest_path}: modality {name!r} has invalid shape {spec.shape}")

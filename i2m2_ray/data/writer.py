@@ -13,13 +13,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2m2_ray.data.format import MANIFEST, Manifest, SplitSpec
+from i2m2_ray.data.format import MANIFEST, Manifest, SplitSpec, load_manifest
 from i2m2_ray.errors import DataError
 
 
@@ -55,12 +57,70 @@ class Progress:
 
 
 def check_output(out_dir: str | Path, overwrite: bool) -> None:
-    """Fail before any work if the output exists and may not (or must not) be replaced."""
+    """Fail before any work if ``out_dir`` exists and may not, or must not, be replaced.
+
+    Only one of our datasets (a directory with a valid manifest) is ever replaced: ``--overwrite``
+    pointed at a home directory or a source folder by mistake must not delete it.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not overwrite:
         raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to replace it)")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file():
-        raise DataError(f"{out_dir}: exists and is not a prepared dataset; refusing to replace it")
+    try:
+        load_manifest(out_dir)
+    except DataError:
+        raise DataError(f"{out_dir}: exists and is not a prepared dataset (no valid {MANIFEST}); "
+                        "refusing to replace it") from None
+
+
+@contextmanager
+def writing(out_dir: Path) -> Iterator[None]:
+    """Filesystem failures while writing a dataset (no permission, no such parent, disk full) are one line."""
+    try:
+        yield
+    except OSError as exc:
+        detail = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc).splitlines()[0]
+        raise DataError(f"{out_dir}: cannot write the dataset ({detail})") from None
+
+
+def publish(tmp: Path, out_dir: Path, overwrite: bool, exist_ok: bool = False) -> Path:
+    """Rename a finished dataset from ``tmp`` into place (removing ``tmp`` if it is not used).
+
+    Without ``overwrite`` an existing ``out_dir`` is never touched: if a concurrent writer published
+    first, its dataset stays (and is returned when ``exist_ok``). With ``overwrite`` the existing
+    dataset, checked again to be one, is moved aside and deleted only once the new one is in place.
+    """
+    try:
+        with writing(out_dir):
+            for _ in range(3):  # another writer may publish between our two renames: retry, then give up
+                old = None
+                if overwrite and (out_dir.exists() or out_dir.is_symlink()):
+                    check_output(out_dir, overwrite=True)
+                    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+                    try:
+                        os.replace(out_dir, old / "d")
+                    except FileNotFoundError:  # a concurrent writer moved it first
+                        pass
+                try:
+                    os.replace(tmp, out_dir)  # refuses a non-empty directory: an existing dataset survives
+                    return out_dir
+                except OSError:
+                    if old is not None and (old / "d").exists() and not out_dir.exists():
+                        os.replace(old / "d", out_dir)  # not a race: put the old dataset back, then fail
+                        raise
+                    if not overwrite:
+                        if exist_ok:
+                            load_manifest(out_dir)  # the concurrent writer's dataset must be complete
+                            return out_dir
+                        raise DataError(f"{out_dir}: output directory already exists (pass --overwrite to "
+                                        "replace it)") from None
+                finally:
+                    if old is not None:
+                        shutil.rmtree(old, ignore_errors=True)
+            raise DataError(f"{out_dir}: replaced by another process while writing; kept its dataset")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class DatasetWriter:
@@ -72,15 +132,17 @@ class DatasetWriter:
 
     def __init__(self, out_dir: str | Path, manifest: Manifest, *, overwrite: bool = False,
                  row_group_size: int = 256) -> None:
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).expanduser()
         check_output(self.out_dir, overwrite)
+        self.overwrite = overwrite
         self.manifest = manifest
         self.row_group_size = row_group_size
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp.", dir=self.out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)
+        with writing(self.out_dir):
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp.", dir=self.out_dir.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o777 & ~umask)
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._rows: dict[str, int] = {}
         self._schema: pa.Schema | None = None
@@ -96,11 +158,12 @@ class DatasetWriter:
         if not table.schema.equals(self._schema, check_metadata=False):
             raise DataError(f"{self.tmp / (split + '.parquet')}: chunk schema differs from the first chunk "
                             f"({table.schema.to_string(show_schema_metadata=False)!r})")
-        if split not in self._writers:
-            self._writers[split] = pq.ParquetWriter(self.tmp / f"{split}.parquet", self._schema)
-            self._rows[split] = 0
-        if table.num_rows:
-            self._writers[split].write_table(table, row_group_size=self.row_group_size)
+        with writing(self.out_dir):
+            if split not in self._writers:
+                self._writers[split] = pq.ParquetWriter(self.tmp / f"{split}.parquet", self._schema)
+                self._rows[split] = 0
+            if table.num_rows:
+                self._writers[split].write_table(table, row_group_size=self.row_group_size)
         self._rows[split] += table.num_rows
 
     def commit(self, splits: tuple[str, ...] = ("train", "val", "test")) -> Path:
@@ -110,21 +173,15 @@ class DatasetWriter:
         for split in splits:
             if split not in self._writers:
                 raise DataError(f"{self.tmp / (split + '.parquet')}: split {split!r} is empty (no rows produced)")
-        for w in self._writers.values():
-            w.close()
-        self._writers.clear()
-        self.manifest.splits = {s: SplitSpec(rows=self._rows[s], files=[f"{s}.parquet"]) for s in splits}
-        (self.tmp / MANIFEST).write_text(self.manifest.to_json())
+        with writing(self.out_dir):
+            for w in self._writers.values():
+                w.close()
+            self._writers.clear()
+            self.manifest.splits = {s: SplitSpec(rows=self._rows[s], files=[f"{s}.parquet"]) for s in splits}
+            (self.tmp / MANIFEST).write_text(self.manifest.to_json())
         validate_dataset(self.tmp, deep=True)
-        if self.out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old.", dir=self.out_dir.parent))
-            os.replace(self.out_dir, old / "d")
-            os.replace(self.tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out_dir)
-        self.committed = True
-        return self.out_dir
+        self.committed = True  # publish removes the temporary directory whatever happens
+        return publish(self.tmp, self.out_dir, self.overwrite)
 
     def abort(self) -> None:
         for w in self._writers.values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from i2m2_ray.data.format import Manifest, ModalitySpec
@@ -21,11 +22,19 @@ from i2m2_ray.models.encoders import (
     WaveformEncoder,
     lenet_layers_for,
 )
-from i2m2_ray.models.fusion import EarlyFusion, LateFusion, LowRankTensorFusion, TensorFusionExpert, UnimodalExpert
+from i2m2_ray.models.fusion import (
+    EarlyFusion,
+    LateFusion,
+    LowRankTensorFusion,
+    TensorFusionExpert,
+    UnimodalExpert,
+)
 from i2m2_ray.models.poe import ProductOfExperts
 
 FUSIONS = ("lf", "lrtf", "early")
 INTER = "inter"
+MAX_WIDTH = 65536  # widths beyond this are typos, not models
+MAX_PARAMETERS = 2_000_000_000  # a model past this does not fit the memory of one worker
 
 
 @dataclass
@@ -33,9 +42,10 @@ class EncoderConfig:
     """``arch``: auto picks LeNet for grids and waveforms (ResNet for grids >= 128 px), MLP for features."""
 
     arch: str = "auto"
-    layers: int | None = None  # LeNet extra blocks; None derives it from the input size
-    hidden: int = 256  # MLP encoder width
-    out_dim: int = 128  # MLP encoder output
+    # LeNet extra blocks; None derives it from the input size
+    layers: int | None = field(default=None, metadata={"ge": 1, "le": 16})
+    hidden: int = field(default=256, metadata={"ge": 1, "le": MAX_WIDTH})  # MLP encoder width
+    out_dim: int = field(default=128, metadata={"ge": 1, "le": MAX_WIDTH})  # MLP encoder output
 
     def validate(self, where: str = "") -> None:
         if self.arch not in ("auto", "lenet", "resnet18", "mlp"):
@@ -46,21 +56,22 @@ class EncoderConfig:
 class FrontEndConfig:
     """Waveform -> spectrogram settings; None takes the dataset's hint from its manifest."""
 
-    n_fft: int | None = None
-    hop_length: int | None = None
+    n_fft: int | None = field(default=None, metadata={"ge": 2, "le": 2**16})
+    hop_length: int | None = field(default=None, metadata={"ge": 1, "le": 2**16})
     log: bool = True
     normalize: bool = True
-    freq_mask: int = 0
-    time_mask: int = 0
+    freq_mask: int = field(default=0, metadata={"ge": 0})  # SpecAugment mask widths (training only)
+    time_mask: int = field(default=0, metadata={"ge": 0})
 
 
 @dataclass
 class ModelConfig:
-    unimodal_channels: int = 3  # LeNet base channels of unimodal experts (paper: 3)
-    inter_channels: int = 6  # LeNet base channels inside inter models (paper: 6)
-    hidden: int = 100  # head MLP width
-    lrtf_rank: int = 40
-    lrtf_out: int = 120
+    # LeNet base channels of unimodal experts (paper: 3) and inside inter models (paper: 6)
+    unimodal_channels: int = field(default=3, metadata={"ge": 1, "le": 1024})
+    inter_channels: int = field(default=6, metadata={"ge": 1, "le": 1024})
+    hidden: int = field(default=100, metadata={"ge": 1, "le": MAX_WIDTH})  # head MLP width
+    lrtf_rank: int = field(default=40, metadata={"ge": 1, "le": 4096})
+    lrtf_out: int = field(default=120, metadata={"ge": 1, "le": MAX_WIDTH})
     modalities: list[str] | None = None  # subset of the dataset's modalities; None = all
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
@@ -128,16 +139,25 @@ def build_encoder(name: str, spec: ModalitySpec, cfg: ModelConfig, channels: int
     return encoder
 
 
-def _inter_expert(fusion: str, manifest: Manifest, mods: list[str], cfg: ModelConfig) -> nn.Module:
+def _inter_expert(variant: Variant, manifest: Manifest, mods: list[str], cfg: ModelConfig) -> nn.Module:
+    fusion = variant.arg
     if len(mods) < 2:
-        raise ConfigError(f"inter:{fusion} needs at least two modalities, dataset has {', '.join(mods)}")
+        raise ConfigError(f"variant '{variant}': inter-modality fusion needs at least two modalities, "
+                          f"the model has {', '.join(mods)}")
     k, heads = manifest.num_classes, manifest.num_heads
     if fusion == "early":
         shapes = {m: _spatial(manifest.modalities[m], cfg) for m in mods}
         grids = {s[1:] for s in shapes.values()}
         if len(grids) != 1 or any(manifest.modalities[m].kind == "features" for m in mods):
-            detail = ", ".join(f"{m} {list(s)}" for m, s in shapes.items())
-            raise ConfigError(f"inter:early: modalities must share one grid to stack as channels ({detail})")
+            detail = ", ".join(f"{m} is {tuple(s)}" if manifest.modalities[m].kind != "features"
+                               else f"{m} is a feature vector" for m, s in shapes.items())
+            raise ConfigError(f"variant '{variant}': early fusion stacks modalities as channels, so they must "
+                              f"share one grid; {detail}")
+        waves = [m for m in mods if manifest.modalities[m].kind == "waveform"]
+        if waves:  # the front end turns one waveform into a spectrogram; stacked raw audio has no grid
+            raise ConfigError(f"variant '{variant}': early fusion stacks stored grids as channels, and "
+                              f"{', '.join(waves)} {'is a' if len(waves) == 1 else 'are'} raw waveform"
+                              f"{'s' if len(waves) > 1 else ''} (use lf or lrtf fusion)")
         in_ch = sum(s[0] for s in shapes.values())
         encoder = build_encoder(mods[0], manifest.modalities[mods[0]], cfg, cfg.inter_channels, in_channels=in_ch)
         return EarlyFusion(mods, encoder, MLPHead(encoder.out_dim, cfg.hidden, k, heads))
@@ -155,10 +175,17 @@ def _unimodal_expert(m: str, manifest: Manifest, cfg: ModelConfig) -> UnimodalEx
 
 
 def model_modalities(manifest: Manifest, cfg: ModelConfig) -> list[str]:
+    """The modalities the model reads; every modality named in the model config must exist."""
+    have = ", ".join(manifest.modalities)
     mods = list(cfg.modalities or manifest.modalities)
     for m in mods:
         if m not in manifest.modalities:
-            raise ConfigError(f"model.modalities: unknown modality {m!r} (dataset has {', '.join(manifest.modalities)})")
+            raise ConfigError(f"model.modalities: unknown modality {m!r} (dataset has {have})")
+        if mods.count(m) > 1:
+            raise ConfigError(f"model.modalities: {m!r} is listed twice")
+    for m in cfg.encoders:
+        if m not in manifest.modalities:
+            raise ConfigError(f"model.encoders.{m}: unknown modality {m!r} (dataset has {have})")
     return mods
 
 
@@ -175,8 +202,38 @@ def build_model(manifest: Manifest, variant: str | Variant, cfg: ModelConfig | N
             raise ConfigError(f"intra needs at least two modalities, dataset has {', '.join(mods)}")
         experts.update({m: _unimodal_expert(m, manifest, cfg) for m in mods})
     if v.family in ("inter", "i2m2"):
-        experts[INTER] = _inter_expert(v.arg, manifest, mods, cfg)  # type: ignore[arg-type]
+        experts[INTER] = _inter_expert(v, manifest, mods, cfg)
     return ProductOfExperts(experts)
+
+
+def check_buildable(manifest: Manifest, variant: str, cfg: ModelConfig) -> None:
+    """Fail with one line, before Ray or any trial starts, if ``variant`` cannot train on this dataset.
+
+    The model is built on the meta device (no memory, no weights) and one batch of the dataset's
+    shapes goes through it, so every failure a real build or first step would hit (shapes that do
+    not stack or pool, front-end settings longer than the audio, widths that do not fit) is caught.
+    """
+    mods = model_modalities(manifest, cfg)
+    v = parse_variant(variant, mods)
+    try:
+        with torch.device("meta"):
+            model = build_model(manifest, v, cfg)
+            model.eval()  # SpecAugment masks (training only) need real values
+            batch = {m: torch.empty(2, *manifest.modalities[m].model_shape()) for m in model.modalities}
+            out = model(batch).log_probs
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any build or forward failure is a config the dataset cannot take
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"variant '{variant}': cannot be built for dataset {manifest.name!r} with this "
+                          f"model config ({reason})") from None
+    want = (2, manifest.num_classes) if manifest.num_heads is None else (2, manifest.num_heads, 2)
+    if tuple(out.shape) != want:
+        raise ConfigError(f"variant '{variant}': output shape {tuple(out.shape)}, expected {want}")
+    params = sum(p.numel() for p in model.parameters())
+    if params > MAX_PARAMETERS:
+        raise ConfigError(f"variant '{variant}': {params:,} parameters, more than {MAX_PARAMETERS:,}; "
+                          "lower model.hidden, lrtf_rank, lrtf_out or the channels")
 
 
 def stage1_variants(variant: str | Variant, modalities: list[str]) -> dict[str, str]:

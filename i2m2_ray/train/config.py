@@ -19,9 +19,10 @@ METRICS = ("accuracy", "balanced_accuracy", "auroc", "loss", "ece")
 class DatasetConfig:
     """A prepared dataset directory, or (``path: null``) the built-in generator with its knobs."""
 
-    path: str | None = None
+    path: str | None = field(default=None, metadata={"path": True})
     builtin: SyntheticConfig = field(default_factory=SyntheticConfig)
-    cache_dir: str | None = None  # where the built-in dataset is written; default ~/.cache/i2m2_ray
+    # where the built-in dataset is written; default $I2M2_CACHE or ~/.cache/i2m2_ray
+    cache_dir: str | None = field(default=None, metadata={"path": True})
 
     def __post_init__(self) -> None:
         # Tune and Train run trials in other working directories: a relative path must mean the caller's.
@@ -34,23 +35,16 @@ class DatasetConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.0
-    grad_clip: float | None = 8.0
-    batch_size: int = 40  # the GLOBAL batch: with N workers each takes batch_size / N per step
+    lr: float = field(default=0.01, metadata={"gt": 0})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0})
+    momentum: float = field(default=0.0, metadata={"ge": 0, "lt": 1})  # SGD only
+    grad_clip: float | None = field(default=8.0, metadata={"gt": 0})
+    # the GLOBAL batch: with N workers each takes batch_size / N per step
+    batch_size: int = field(default=40, metadata={"ge": 1, "le": 2**31 - 1})
 
     def validate(self, where: str = "optim") -> None:
         if self.name not in ("sgd", "adamw"):
             raise ConfigError(f"{where}.name: unknown optimizer {self.name!r} (sgd, adamw)")
-        if not self.lr > 0:
-            raise ConfigError(f"{where}.lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"{where}.weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"{where}.grad_clip: must be > 0 or null, got {self.grad_clip}")
 
 
 @dataclass
@@ -58,62 +52,53 @@ class TrainConfig:
     """Everything one training run needs; saved as ``config.yaml`` in its run directory."""
 
     variant: str = "i2m2:lf"
-    seed: int = 0
-    epochs: int = 10
-    patience: int | None = 10  # epochs without val improvement before stopping; null = never
+    seed: int = field(default=0, metadata={"ge": 0, "lt": 2**32})
+    epochs: int = field(default=10, metadata={"ge": 1})
+    # epochs without val improvement before stopping; null = never
+    patience: int | None = field(default=10, metadata={"ge": 1})
     metric: str = "accuracy"  # validation metric for early stopping and the best checkpoint
     mode: str = "max"
     class_weighted: bool = False  # inverse-frequency class weights (per head for multi-label)
-    eval_batch_size: int = 256
-    run_dir: str = "runs/train"
+    eval_batch_size: int = field(default=256, metadata={"ge": 1, "le": 2**31 - 1})
+    run_dir: str = field(default="runs/train", metadata={"path": True})
     resume: bool = True  # continue from the last checkpoint in run_dir
-    keep_checkpoints: int = 2  # best k by the metric (the latest is always kept too)
-    threads: int | None = None  # torch intra-op threads; null = torch's default
-    gpu: str = "auto"  # auto | true | false
+    keep_checkpoints: int = field(default=2, metadata={"ge": 1})  # best k by the metric (the latest is kept too)
+    threads: int | None = field(default=None, metadata={"ge": 1, "le": 1024})  # torch intra-op threads; null = default
+    gpu: bool | str = "auto"  # auto | true | false
     tensorboard: bool = True
-    workers: int = 1  # data-parallel workers; > 1 runs under Ray Train's TorchTrainer
+    workers: int = field(default=1, metadata={"ge": 1})  # data-parallel workers; > 1 runs under Ray Train
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: for encoders too large to replicate)
     launcher: str = "auto"  # auto (in-process for 1 worker, Ray Train above) | local | ray
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # used when the run uses GPUs
-    max_failures: int = 1  # worker-group restarts from the last checkpoint before the run fails
+    cpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
+    gpus_per_worker: float = field(default=1.0, metadata={"ge": 0})  # used when the run uses GPUs
+    # worker-group restarts from the last checkpoint before the run fails
+    max_failures: int = field(default=1, metadata={"ge": -1, "hint": "-1 = unlimited"})
     # How Ray Train workers get training batches: memory (each worker reads the splits into RAM),
     # or Ray Data shards: materialize (read once in the driver), stream (read every epoch; for data
     # larger than the object store), auto (materialize if it fits in half the object store).
     data_mode: str = "memory"
-    init: dict[str, str] = field(default_factory=dict)  # expert (modality or "inter") -> stage-1 state dict
+    # expert (modality or "inter") -> stage-1 state dict
+    init: dict[str, str] = field(default_factory=dict, metadata={"path": True})
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self, where: str = "") -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
-        if self.patience is not None and self.patience < 1:
-            raise ConfigError(f"patience: must be >= 1 or null, got {self.patience}")
         if self.metric not in METRICS:
             raise ConfigError(f"metric: unknown metric {self.metric!r} ({', '.join(METRICS)})")
         if self.mode not in ("max", "min"):
             raise ConfigError(f"mode: must be max or min, got {self.mode!r}")
         if str(self.gpu).lower() not in ("auto", "true", "false"):
             raise ConfigError(f"gpu: must be auto, true or false, got {self.gpu!r}")
-        if self.workers < 1:
-            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy: must be ddp or fsdp, got {self.strategy!r}")
         if self.launcher not in ("auto", "local", "ray"):
             raise ConfigError(f"launcher: must be auto, local or ray, got {self.launcher!r}")
         if self.launcher == "local" and self.workers > 1:
             raise ConfigError(f"launcher=local runs one worker in-process; workers={self.workers} needs auto or ray")
-        if not self.cpus_per_worker >= 0 or not self.gpus_per_worker >= 0:
-            raise ConfigError("cpus_per_worker / gpus_per_worker: must be >= 0")
-        if self.max_failures < -1:
-            raise ConfigError(f"max_failures: must be >= -1 (-1 = unlimited), got {self.max_failures}")
         if self.optim.batch_size % self.workers:
             raise ConfigError(f"optim.batch_size: {self.optim.batch_size} is the global batch and must be "
                               f"divisible by workers={self.workers}")
-        if self.keep_checkpoints < 1:
-            raise ConfigError(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
         if self.data_mode not in ("memory", "auto", "materialize", "stream"):
             raise ConfigError(f"data_mode: must be memory, auto, materialize or stream, got {self.data_mode!r}")
         if self.data_mode != "memory" and (self.launcher == "local" or (self.launcher == "auto" and self.workers == 1)):
