@@ -185,8 +185,10 @@ def test_ray_run_writes_tensorboard_and_checkpoints_on_rank0(ddp_vs_local):
 @pytest.mark.slow
 def test_fsdp_full_state_dict_loads_into_plain_model(ray_local, tmp_path, small_dataset):
     from i2m2_ray.data.format import load_manifest
+    from i2m2_ray.data.memory import InMemoryData
     from i2m2_ray.models import build_model
-    from i2m2_ray.train.loop import InMemoryData, evaluate, prepare_run
+    from i2m2_ray.train.epoch import evaluate
+    from i2m2_ray.train.loop import prepare_run
 
     cfg = config(tmp_path / "run", small_dataset, workers=2, strategy="fsdp", epochs=2, tensorboard="false")
     result = run_training(cfg)
