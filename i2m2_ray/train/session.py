@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,32 @@ class Session:
 def short_reason(exc: BaseException) -> str:
     """The first line of an exception, bounded: torch's load errors run to many lines."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def load_failure(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in words a user can act on (torch's own first line rarely says)."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no directory
+            return "truncated or not a PyTorch file"
+    except OSError as os_exc:
+        return short_reason(os_exc)
+    return short_reason(exc)
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load`` of tensors only (no pickled code), onto the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_torch_file(path: Path, what: str = "file") -> Any:
-    """``torch.load`` (tensors only); an unreadable file fails in one line naming it."""
+    """A tensor file such as ``model.pt``; an unreadable one fails in one line naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch_load(path)
     except Exception as exc:  # torch raises several types for truncated, garbage or unsafe files
-        raise CheckpointError(f"{path}: unreadable {what} ({short_reason(exc)})") from None
+        raise CheckpointError(f"{path}: unreadable {what} ({load_failure(path, exc)})") from None
 
 
 def save_state(state: dict[str, Any], directory: Path, metrics: dict[str, float] | None = None) -> Path:
@@ -95,9 +113,9 @@ def save_state(state: dict[str, Any], directory: Path, metrics: dict[str, float]
 def read_state(path: Path) -> tuple[dict[str, Any] | None, str]:
     """``(state, "")`` for a readable training checkpoint, else ``(None, why not)``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path)
     except Exception as exc:  # torch raises several types for truncated, garbage or unsafe files
-        return None, short_reason(exc)
+        return None, load_failure(path, exc)
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     return (None, f"not a training checkpoint: no {missing[0]!r}") if missing else (state, "")
 
