@@ -144,38 +144,6 @@ class RayTrainSession(Session):
         return load_latest(self.run_dir / RUN_NAME)
 
 
-class RayShardData:
-    """Training batches from this worker's Ray Data shard (``get_dataset_shard``: each worker gets an
-    equal, disjoint part of every epoch); the validation and test splits, which every rank evaluates
-    whole, are read into memory."""
-
-    def __init__(self, root: Path, manifest: Any, modalities: list[str], shard: Any) -> None:
-        from i2m2_ray.data.memory import InMemoryData
-
-        self.manifest, self.modalities, self.shard, self.root = manifest, modalities, shard, root
-        self.held_out = InMemoryData(root, manifest, modalities, splits=("val", "test"))
-
-    def train_labels(self) -> torch.Tensor:
-        """Only the label column, for class weights."""
-        from i2m2_ray.data.format import read_table
-        from i2m2_ray.data.memory import labels_to_numpy
-
-        table = read_table(self.root, self.manifest, "train", columns=[self.manifest.label_column])
-        return torch.from_numpy(labels_to_numpy(table, self.manifest, str(self.root)))
-
-    def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
-        from i2m2_ray.data.ray_data import iter_torch_batches
-
-        return iter_torch_batches(self.shard, self.manifest, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                  modalities=self.modalities)
-
-    def eval_batches(self, split: str, batch_size: int):
-        return self.held_out.eval_batches(split, batch_size)
-
-    def has(self, split: str) -> bool:
-        return self.held_out.has(split)
-
-
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     folder = Path(run_dir).expanduser() / RUN_NAME
     found = sorted(p for p in folder.glob("epoch_*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
@@ -195,6 +163,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     session = RayTrainSession(cfg.run_dir, cfg.strategy, cfg.resume)
     data = None
     if cfg.data_mode != "memory":
+        from i2m2_ray.data.ray_shard import RayShardData
         from i2m2_ray.train.loop import prepare_run
 
         root, manifest, mods = prepare_run(cfg)
