@@ -1,4 +1,4 @@
-"""In-memory splits and the batch iterator the training loop uses when a dataset fits in RAM.
+"""In-memory splits (``InMemoryData``) and the batch iterator the loop uses when a dataset fits in RAM.
 
 Batches are slices of preloaded tensors, so the loop pays no DataLoader overhead.
 Sharding gives each of ``world_size`` ranks a disjoint, equal-sized part of every
@@ -125,3 +125,28 @@ def iterate_batches(
             yield {k: v[idx] for k, v in data.inputs.items()}, data.labels[idx]
         else:
             yield {k: v[start : start + batch_size] for k, v in data.inputs.items()}, data.labels[start : start + batch_size]
+
+
+class InMemoryData:
+    """A dataset's splits as tensors in RAM, read once; batches are tensor slices (no DataLoader)."""
+
+    def __init__(self, root: Path, manifest: Manifest, modalities: list[str],
+                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+        self.manifest = manifest
+        self.splits = {s: load_split(root, s, manifest, modalities) for s in splits if s in manifest.splits}
+        for split in ("train", "val"):
+            if split in splits and split not in self.splits:
+                raise DataError(f"{root}: dataset has no {split!r} split")
+
+    def train_labels(self) -> torch.Tensor:
+        return self.splits["train"].labels
+
+    def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> Iterator[Batch]:
+        return iterate_batches(self.splits["train"], batch_size, shuffle=True, seed=seed, epoch=epoch,
+                               rank=rank, world_size=world_size)
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        return iterate_batches(self.splits[split], batch_size, shuffle=False)
+
+    def has(self, split: str) -> bool:
+        return split in self.splits

@@ -23,7 +23,7 @@ from torch import nn
 
 from i2m2_ray.errors import CheckpointError, ConfigError, I2M2Error
 from i2m2_ray.train.config import TrainConfig
-from i2m2_ray.train.session import STATE_FILE, load_state_file, save_state, unwrap
+from i2m2_ray.train.session import STATE_FILE, Session, load_latest, load_state_file, save_state, unwrap
 
 RUN_NAME = "checkpoints"  # Ray Train run name: its directory is run_dir/checkpoints, as for local runs
 CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unplaceable worker group forever
@@ -33,7 +33,7 @@ class TrainingFailedError(I2M2Error):
     """A distributed run failed after its allowed worker-group restarts."""
 
 
-class RayTrainSession:
+class RayTrainSession(Session):
     """The Session of one Ray Train worker: DDP/FSDP2 wrapping, rank-0 checkpoints, resume.
 
     ``report`` runs on ALL ranks (``ray.train.report`` is a barrier); only rank 0 attaches
@@ -46,7 +46,7 @@ class RayTrainSession:
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.run_dir, self.strategy, self.resume = Path(run_dir), strategy, resume
+        self.run_dir, self.strategy, self.resume = Path(run_dir).expanduser(), strategy, resume
         self.device = torch.device("cpu")
 
     @property
@@ -79,14 +79,14 @@ class RayTrainSession:
 
     def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
         if not self.sharded:
-            return unwrap(model).state_dict()
+            return super().model_state(model)
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return get_model_state_dict(model, options=self._options())
 
     def load_model_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if not self.sharded:
-            unwrap(model).load_state_dict(state)
+            super().load_model_state(model, state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -94,14 +94,14 @@ class RayTrainSession:
 
     def optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         if not self.sharded:
-            return optimizer.state_dict()
+            return super().optimizer_state(model, optimizer)
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         return get_optimizer_state_dict(model, optimizer, options=self._options())
 
     def load_optimizer_state(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         if not self.sharded:
-            optimizer.load_state_dict(state)
+            super().load_optimizer_state(model, optimizer, state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
@@ -126,8 +126,7 @@ class RayTrainSession:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="i2m2-ckpt-") as tmp:
-            save_state(state, Path(tmp))
-            (Path(tmp) / "metrics.json").write_text(json.dumps(metrics))
+            save_state(state, Path(tmp), metrics)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"epoch_{int(metrics['epoch']):03d}")
 
@@ -139,47 +138,14 @@ class RayTrainSession:
         ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as folder:
-                return load_state_file(Path(folder) / STATE_FILE)
+                return load_state_file(Path(folder) / STATE_FILE, shown=f"{ckpt.path}/{STATE_FILE}")
         if not self.resume:
             return None
-        found = latest_checkpoint(self.run_dir)
-        return load_state_file(found / STATE_FILE) if found is not None else None
-
-
-class RayShardData:
-    """Training batches from this worker's Ray Data shard (``get_dataset_shard``: each worker gets an
-    equal, disjoint part of every epoch); the validation and test splits, which every rank evaluates
-    whole, are read into memory."""
-
-    def __init__(self, root: Path, manifest: Any, modalities: list[str], shard: Any) -> None:
-        from i2m2_ray.train.loop import InMemoryData
-
-        self.manifest, self.modalities, self.shard, self.root = manifest, modalities, shard, root
-        self.held_out = InMemoryData(root, manifest, modalities, splits=("val", "test"))
-
-    def train_labels(self) -> torch.Tensor:
-        """Only the label column, for class weights."""
-        from i2m2_ray.data.format import read_table
-        from i2m2_ray.data.memory import labels_to_numpy
-
-        table = read_table(self.root, self.manifest, "train", columns=[self.manifest.label_column])
-        return torch.from_numpy(labels_to_numpy(table, self.manifest, str(self.root)))
-
-    def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
-        from i2m2_ray.data.ray_data import iter_torch_batches
-
-        return iter_torch_batches(self.shard, self.manifest, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                  modalities=self.modalities)
-
-    def eval_batches(self, split: str, batch_size: int):
-        return self.held_out.eval_batches(split, batch_size)
-
-    def has(self, split: str) -> bool:
-        return self.held_out.has(split)
+        return load_latest(self.run_dir / RUN_NAME)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    folder = Path(run_dir) / RUN_NAME
+    folder = Path(run_dir).expanduser() / RUN_NAME
     found = sorted(p for p in folder.glob("epoch_*") if (p / STATE_FILE).is_file()) if folder.is_dir() else []
     return found[-1] if found else None
 
@@ -197,6 +163,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     session = RayTrainSession(cfg.run_dir, cfg.strategy, cfg.resume)
     data = None
     if cfg.data_mode != "memory":
+        from i2m2_ray.data.ray_shard import RayShardData
         from i2m2_ray.train.loop import prepare_run
 
         root, manifest, mods = prepare_run(cfg)
@@ -265,7 +232,7 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
     check_placement(cfg, use_gpu)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     config = to_dict(cfg)
-    config["run_dir"] = str(Path(cfg.run_dir).resolve())
+    config["run_dir"] = str(Path(cfg.run_dir).expanduser().resolve())
     if not use_gpu:
         config["gpu"] = "false"
     return TorchTrainer(
@@ -275,7 +242,7 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path or cfg.run_dir).resolve()),
+            storage_path=str(Path(storage_path or cfg.run_dir).expanduser().resolve()),
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
                                                checkpoint_score_attribute=f"val/{cfg.metric}",
@@ -289,26 +256,39 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
 def run_training(cfg: TrainConfig, console: bool = True) -> dict[str, Any]:
     """Train ``cfg`` in-process or with Ray Train (see ``use_ray``); returns the final metrics.
 
-    The Ray path needs ``ray.init`` done by the caller (the CLI does it).
+    One run per directory: a second ``run_training`` on the same ``run_dir`` fails at once (it would
+    race on the checkpoints). The Ray path needs ``ray.init`` done by the caller (the CLI does it).
     """
-    from i2m2_ray.train.loop import RESULT_FILE, prepare_run, train
+    from i2m2_ray.fsutil import dir_lock
+    from i2m2_ray.train.loop import train
 
-    if not use_ray(cfg):
-        return train(cfg, console=console)
+    with dir_lock(Path(cfg.run_dir).expanduser(), what="training run"):
+        if not use_ray(cfg):
+            return train(cfg, console=console)
+        return _fit(cfg)
+
+
+def _fit(cfg: TrainConfig) -> dict[str, Any]:
+    """The TorchTrainer run; a user error raised in a worker (diverged, bad checkpoint) comes back as is."""
     import ray
+    from ray.train import TrainingFailedError as RayTrainingFailed
+
+    from i2m2_ray.train.loop import RESULT_FILE, prepare_run
 
     if not ray.is_initialized():
         raise ConfigError("workers > 1 (or launcher=ray) needs a Ray cluster: call ray.init first")
     prepare_run(cfg)  # resolve / generate the dataset once here, not concurrently in every worker
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).expanduser()
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise CheckpointError(f"{run_dir / RUN_NAME}: has checkpoints but resume=false; choose a new run_dir")
     trainer = build_trainer(cfg)
-    from ray.train import TrainingFailedError as RayTrainingFailed
-
     try:
         result = trainer.fit()
     except RayTrainingFailed as exc:
+        for failure in getattr(exc, "worker_failures", {}).values():
+            cause = getattr(failure, "_base_exc", failure)  # Train V2 wraps the worker's exception
+            if isinstance(cause, I2M2Error):
+                raise cause.with_traceback(None) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainingFailedError(f"distributed run failed after max_failures={cfg.max_failures} "
                                   f"restart(s): {first}") from exc

@@ -1,69 +1,41 @@
 """The one training loop every variant uses, in-process or inside a Ray Train worker / Tune trial.
 
-Variants differ only in the model the builder returns and how it is initialised.
-Per epoch: train, validate (combined model and each expert), checkpoint, report,
-early-stop on the validation metric. At the end the best epoch's weights are
-evaluated on the test split and saved as a plain state dict (``model.pt``).
+Variants differ only in the model the builder returns and how it is initialised. Like a
+torchtune recipe, ``setup`` builds everything once (model, optimizer, data, loggers, the
+resume state) into a ``Run``; ``train`` is then a short epoch loop, one comment per stage;
+``finish`` evaluates the best epoch's weights on the test split and writes ``final.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from i2m2_ray.data.dataset import resolve_dataset
 from i2m2_ray.data.format import Manifest, load_manifest
-from i2m2_ray.errors import CheckpointError, ConfigError, DataError
+from i2m2_ray.errors import CheckpointError, ConfigError, TrainingDiverged
+from i2m2_ray.fsutil import atomic_torch_save, atomic_write_json
 from i2m2_ray.models import build_model, init_from_stage1, parse_variant
 from i2m2_ray.models.builder import model_modalities
-from i2m2_ray.train.logging import ConsoleLogger, MetricLogger, TensorBoardLogger
-from i2m2_ray.train.metrics import classification_metrics
-from i2m2_ray.train.session import LocalSession, Session, unwrap
+from i2m2_ray.train.epoch import class_weights, evaluate, train_epoch
+from i2m2_ray.train.metric_logging import ConsoleLogger, MetricLogger, TensorBoardLogger
+from i2m2_ray.train.session import LocalSession, Session, read_torch_file
 
 if TYPE_CHECKING:  # pyarrow and yaml stay lazy so the models and train_epoch run with torch + numpy only
-    from i2m2_ray.train.config import DatasetConfig, OptimConfig, TrainConfig
+    from i2m2_ray.train.config import OptimConfig, TrainConfig
 
 MODEL_FILE = "model.pt"
 INIT_FILE = "init.pt"
 RESULT_FILE = "final.json"  # not result.json: Tune writes its own into a trial directory
 # Config sections that must match for a run directory to be resumed.
 RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode")
-
-
-def cache_root(cfg: DatasetConfig) -> Path:
-    import os
-
-    return Path(cfg.cache_dir or os.environ.get("I2M2_CACHE") or Path.home() / ".cache" / "i2m2_ray")
-
-
-def resolve_dataset(cfg: DatasetConfig) -> Path:
-    """A prepared dataset directory; the built-in one is generated once per knob setting and cached."""
-    if cfg.path is not None:
-        path = Path(cfg.path).expanduser()
-        if not path.is_dir():
-            raise DataError(f"dataset.path: {path} is not a directory")
-        return path
-    from i2m2_ray.data.synthetic import GENERATOR_VERSION, generate
-
-    knobs = {**asdict(cfg.builtin), "generator_version": GENERATOR_VERSION}
-    key = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_root(cfg) / f"builtin-{key}"
-    if not (path / "manifest.json").is_file():
-        try:
-            generate(cfg.builtin, path)
-        except (DataError, OSError):
-            if not (path / "manifest.json").is_file():  # lost a race to a concurrent writer: fine
-                raise
-    return path
 
 
 def pick_device(gpu: str) -> torch.device:
@@ -79,117 +51,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-
-
-def class_weights(labels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
-    """Inverse-frequency weights: (C,) for multiclass, (L, 2) for multi-label heads."""
-    if manifest.task == "multiclass":
-        counts = torch.bincount(labels, minlength=manifest.num_classes).float().clamp(min=1)
-        return counts.sum() / (len(counts) * counts)
-    pos = labels.float().sum(dim=0).clamp(min=1)
-    neg = (len(labels) - labels.float().sum(dim=0)).clamp(min=1)
-    return torch.stack([len(labels) / (2 * neg), len(labels) / (2 * pos)], dim=1)
-
-
-def nll(log_probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """One cross-entropy on the combined output; per head (then averaged) for multi-label."""
-    if log_probs.dim() == 2:
-        return F.nll_loss(log_probs, labels, weight=weights)
-    heads = log_probs.shape[1]
-    losses = [F.nll_loss(log_probs[:, h], labels[:, h], weight=None if weights is None else weights[h])
-              for h in range(heads)]
-    return torch.stack(losses).mean()
-
-
-class InMemoryData:
-    """The splits as tensors in RAM; batches are tensor slices (no DataLoader overhead)."""
-
-    def __init__(self, root: Path, manifest: Manifest, modalities: list[str],
-                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
-        from i2m2_ray.data.memory import load_split
-
-        self.manifest = manifest
-        self.splits = {s: load_split(root, s, manifest, modalities) for s in splits if s in manifest.splits}
-        for split in ("train", "val"):
-            if split in splits and split not in self.splits:
-                raise DataError(f"{root}: dataset has no {split!r} split")
-
-    def train_labels(self) -> torch.Tensor:
-        return self.splits["train"].labels
-
-    def train_batches(self, batch_size: int, seed: int, epoch: int, rank: int, world_size: int):
-        from i2m2_ray.data.memory import iterate_batches
-
-        return iterate_batches(self.splits["train"], batch_size, shuffle=True, seed=seed, epoch=epoch,
-                               rank=rank, world_size=world_size)
-
-    def eval_batches(self, split: str, batch_size: int):
-        from i2m2_ray.data.memory import iterate_batches
-
-        return iterate_batches(self.splits[split], batch_size, shuffle=False)
-
-    def has(self, split: str) -> bool:
-        return split in self.splits
-
-
-def to_device(inputs: dict[str, torch.Tensor], labels: torch.Tensor, device: torch.device):
-    if device.type == "cpu":
-        return inputs, labels
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, labels.to(device, non_blocking=True)
-
-
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, weights: torch.Tensor | None,
-                grad_clip: float | None, device: torch.device) -> tuple[float, int]:
-    """One pass over the training batches; returns (mean loss, samples)."""
-    model.train()
-    total = torch.zeros((), device=device)
-    seen = 0
-    use_bf16 = device.type == "cuda"
-    for inputs, labels in batches:
-        inputs, labels = to_device(inputs, labels, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(inputs)
-        loss = nll(out.log_probs.float(), labels, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        total += loss.detach() * len(labels)
-        seen += len(labels)
-    return float(total) / max(seen, 1), seen
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches, device: torch.device,
-            leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Combined log-probs, each expert's own log-probs, and labels, as numpy arrays."""
-    model.eval()
-    combined, experts, labels_all = [], {}, []
-    use_bf16 = device.type == "cuda"
-    for inputs, labels in batches:
-        inputs, labels = to_device(inputs, labels, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = unwrap(model)(inputs, leave_out=leave_out)
-        combined.append(out.log_probs.float().cpu())
-        for name, logits in out.expert_logits.items():
-            experts.setdefault(name, []).append(F.log_softmax(logits.float(), dim=-1).cpu())
-        labels_all.append(labels.cpu())
-    return (torch.cat(combined).numpy(), {k: torch.cat(v).numpy() for k, v in experts.items()},
-            torch.cat(labels_all).numpy())
-
-
-def evaluate(model: nn.Module, batches, device: torch.device, manifest: Manifest, prefix: str,
-             leave_out: frozenset[str] = frozenset()) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Metrics of the combined model under ``prefix/``, and of each expert under ``expert/<name>/``."""
-    log_probs, expert_lp, labels = predict(model, batches, device, leave_out)
-    metrics = {f"{prefix}/{k}": v for k, v in classification_metrics(log_probs, labels, manifest.classes).items()}
-    if len(expert_lp) > 1:
-        expert_prefix = "expert" if prefix == "val" else f"{prefix}/expert"
-        for name, lp in expert_lp.items():
-            for k, v in classification_metrics(lp, labels, manifest.classes).items():
-                metrics[f"{expert_prefix}/{name}/{k}"] = v
-    return metrics, log_probs, labels
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -214,30 +75,6 @@ def per_worker_batch(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
-def load_model_state(session: Session | None, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """A plain full state dict into a possibly wrapped model; sharded (FSDP) sessions scatter it themselves."""
-    load = getattr(session, "load_model_state", None)
-    if load is not None:
-        load(model, state)
-    else:
-        unwrap(model).load_state_dict(state)
-
-
-def optimizer_state(session: Session | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state to checkpoint; called on every rank since sharded sessions gather it."""
-    get = getattr(session, "optimizer_state", None)
-    return get(model, optimizer) if get is not None else optimizer.state_dict()
-
-
-def load_optimizer_state(session: Session | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-                         state: dict[str, Any]) -> None:
-    load = getattr(session, "load_optimizer_state", None)
-    if load is not None:
-        load(model, optimizer, state)
-    else:
-        optimizer.load_state_dict(state)
-
-
 def prepare_run(cfg: TrainConfig) -> tuple[Path, Manifest, list[str]]:
     """Resolve and check the dataset and variant before any training starts."""
     root = resolve_dataset(cfg.dataset)
@@ -247,15 +84,43 @@ def prepare_run(cfg: TrainConfig) -> tuple[Path, Manifest, list[str]]:
     return root, manifest, mods
 
 
-def train(cfg: TrainConfig, session: Session | None = None, loggers: list[MetricLogger] | None = None,
-          data: Any = None, console: bool = True) -> dict[str, Any]:
-    """Train ``cfg.variant`` and return the final metrics (best validation epoch, test split)."""
-    from i2m2_ray.config import save_yaml, to_dict
+@dataclass
+class Run:
+    """Everything the epoch loop needs, built once by ``setup``; the last five fields are the resume state."""
 
-    run_dir = Path(cfg.run_dir)
+    cfg: TrainConfig
+    session: Session
+    model: nn.Module  # wrapped (DDP / FSDP) by the session when distributed
+    optimizer: torch.optim.Optimizer
+    data: Any  # InMemoryData or a Ray Data shard reader: train_batches / eval_batches / has
+    manifest: Manifest
+    device: torch.device
+    loggers: list[MetricLogger]
+    run_dir: Path
+    weights: torch.Tensor | None  # class weights of the loss, or None
+    resolved: dict[str, Any]  # the config as saved in config.yaml and in every checkpoint
+    batch_size: int  # this worker's share of the global batch
+    start_epoch: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    stopped: bool = False
+
+
+def setup(cfg: TrainConfig, session: Session | None = None, loggers: list[MetricLogger] | None = None,
+          data: Any = None, console: bool = True) -> Run:
+    """Seed, build the model (stage-1 init), data, optimizer and loggers; restore a checkpoint if any.
+
+    The order is part of the contract: the seeded RNG draws (model init) happen in the same order on
+    a fresh and a resumed run, so resumed runs end with the same numbers as uninterrupted ones.
+    """
+    from i2m2_ray.config import save_yaml, to_dict
+    from i2m2_ray.data.memory import InMemoryData
+
+    run_dir = Path(cfg.run_dir).expanduser()
     session = session or LocalSession(run_dir, cfg.metric, cfg.mode, cfg.keep_checkpoints, cfg.resume)
-    rank, world = session.rank, session.world_size
-    batch_size = per_worker_batch(cfg.optim.batch_size, world)
+    rank = session.rank
+    batch_size = per_worker_batch(cfg.optim.batch_size, session.world_size)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root, manifest, mods = prepare_run(cfg)
@@ -264,10 +129,9 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     device = pick_device(cfg.gpu)
     model = build_model(manifest, cfg.variant, cfg.model)
     if cfg.init:
-        init_from_stage1(model, cfg.init)
+        init_from_stage1(model, {k: Path(v).expanduser() for k, v in cfg.init.items()})
         if rank == 0:  # the exact starting weights, so stage-2 provenance can be checked, not assumed
-            run_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), run_dir / INIT_FILE)
+            atomic_torch_save(model.state_dict(), run_dir / INIT_FILE)
     model.to(device)
     resolved = to_dict(cfg)
     state = session.load_state()
@@ -277,91 +141,121 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     weights = class_weights(data.train_labels(), manifest).to(device) if cfg.class_weighted else None
     wrapped = session.prepare_model(model, device)
     optimizer = build_optimizer(wrapped, cfg.optim)
-
-    start_epoch, best, best_epoch, stale = 0, None, 0, 0
+    run = Run(cfg, session, wrapped, optimizer, data, manifest, device, list(loggers or []), run_dir, weights,
+              resolved, batch_size)
     if state is not None:
-        load_model_state(session, wrapped, state["model"])
-        load_optimizer_state(session, wrapped, optimizer, state["optimizer"])
+        session.load_model_state(wrapped, state["model"])
+        session.load_optimizer_state(wrapped, optimizer, state["optimizer"])
         torch.set_rng_state(state["rng"])
-        start_epoch, best, best_epoch, stale = state["epoch"], state["best"], state["best_epoch"], state["stale"]
-
-    loggers = list(loggers or [])
+        run.start_epoch, run.best, run.best_epoch, run.stale = (state["epoch"], state["best"],
+                                                                state["best_epoch"], state["stale"])
+        run.stopped = state.get("stopped", False)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(resolved, run_dir / "config.yaml")
         if console:
-            loggers.append(ConsoleLogger(cfg.metric, cfg.epochs, prefix=f"[{cfg.variant}] "))
+            run.loggers.append(ConsoleLogger(cfg.metric, cfg.epochs, prefix=f"[{cfg.variant}] "))
         if cfg.tensorboard:
-            loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
-    metric_key = f"val/{cfg.metric}"
+            run.loggers.append(TensorBoardLogger(run_dir / "tensorboard"))
+    return run
+
+
+def train(cfg: TrainConfig, session: Session | None = None, loggers: list[MetricLogger] | None = None,
+          data: Any = None, console: bool = True) -> dict[str, Any]:
+    """Train ``cfg.variant`` and return the final metrics (best validation epoch, test split)."""
+    run = setup(cfg, session, loggers, data, console)
+    session, metric_key = run.session, f"val/{cfg.metric}"
     started = time.perf_counter()
-    stopped_early = state is not None and state.get("stopped", False)
-    epoch = start_epoch
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
-        batches = data.train_batches(batch_size, cfg.seed, epoch, rank, world)
-        train_loss, seen = train_epoch(wrapped, optimizer, batches, weights, cfg.optim.grad_clip, device)
-        sync = getattr(session, "sync_epoch", None)  # optional: distributed sessions align ranks here
-        if sync is not None:
-            train_loss = sync(wrapped, train_loss)
-        train_s = time.perf_counter() - t0
-        val, val_lp, val_y = evaluate(wrapped, data.eval_batches("val", cfg.eval_batch_size), device, manifest, "val")
-        value = val[metric_key]
-        improved = _better(value, best, cfg.mode)
+    epoch = run.start_epoch
+    try:
+        for epoch in range(run.start_epoch + 1, cfg.epochs + 1):
+            if run.stopped:
+                break
+            t0 = time.perf_counter()
+            # train: this rank's share of the epoch, in an order fixed by (seed, epoch)
+            batches = run.data.train_batches(run.batch_size, cfg.seed, epoch, session.rank, session.world_size)
+            train_loss, seen = train_epoch(run.model, run.optimizer, batches, run.weights, cfg.optim.grad_clip,
+                                           run.device)
+            # sync: ranks agree on buffers and the mean loss, so all stop (or diverge) together
+            train_loss = session.sync_epoch(run.model, train_loss)
+            check_finite(cfg, epoch, train_loss)
+            train_s = time.perf_counter() - t0
+            # validate: the combined model and each expert on the validation split
+            val, val_lp, val_y = evaluate(run.model, run.data.eval_batches("val", cfg.eval_batch_size),
+                                          run.device, run.manifest, "val")
+            # track best / early stop
+            improved = track_best(run, epoch, val[metric_key])
+            # log
+            metrics = {"epoch": epoch, "train/loss": train_loss, **val,
+                       f"{metric_key}_best": run.best if run.best is not None else float("nan"),
+                       "best_epoch": run.best_epoch, "lr": run.optimizer.param_groups[0]["lr"],
+                       "time/epoch_s": time.perf_counter() - t0,
+                       "train/samples_per_s": seen * session.world_size / max(train_s, 1e-9)}
+            for lg in run.loggers:
+                lg.log(epoch, metrics)
+                lg.log_predictions(epoch, val_lp, val_y, run.manifest.classes)
+            # checkpoint + report
+            save_checkpoint(run, epoch, metrics, improved)
+            if run.stopped:
+                if session.rank == 0 and console:
+                    print(f"[{cfg.variant}] early stop: no {cfg.metric} improvement for {cfg.patience} epochs",
+                          flush=True)
+                break
+        return finish(run, epoch, time.perf_counter() - started)
+    finally:
+        for lg in run.loggers:
+            lg.close()
+
+
+def check_finite(cfg: TrainConfig, epoch: int, train_loss: float) -> None:
+    """A NaN / inf epoch loss ends the run (checked once per epoch: no per-batch device sync)."""
+    if not math.isfinite(train_loss):
+        fix = "lower optim.lr or optim.grad_clip" if cfg.optim.grad_clip is not None else \
+            "lower optim.lr or set optim.grad_clip"
+        raise TrainingDiverged(f"{cfg.variant} epoch {epoch}: training loss is {train_loss}; {fix}")
+
+
+def track_best(run: Run, epoch: int, value: float) -> bool:
+    """Update the best value, its epoch and the patience count; True when this epoch is the new best."""
+    improved = _better(value, run.best, run.cfg.mode)
+    if improved:
+        run.best, run.best_epoch, run.stale = value, epoch, 0
+    else:
+        run.stale += 1
+    run.stopped = run.cfg.patience is not None and run.stale >= run.cfg.patience
+    return improved
+
+
+def save_checkpoint(run: Run, epoch: int, metrics: dict[str, float], improved: bool) -> None:
+    """Every rank gathers the state (collectives for sharded models); rank 0 writes ``model.pt`` when
+    the epoch is the best so far and hands the full checkpoint to the session."""
+    model_state = run.session.model_state(run.model)
+    optim_state = run.session.optimizer_state(run.model, run.optimizer)
+    ckpt = None
+    if run.session.rank == 0:
         if improved:
-            best, best_epoch, stale = value, epoch, 0
-        else:
-            stale += 1
-        stopped_early = cfg.patience is not None and stale >= cfg.patience
-        metrics = {"epoch": epoch, "train/loss": train_loss, **val,
-                   f"{metric_key}_best": best if best is not None else float("nan"),
-                   "best_epoch": best_epoch, "lr": optimizer.param_groups[0]["lr"],
-                   "time/epoch_s": time.perf_counter() - t0,
-                   "train/samples_per_s": seen * world / max(train_s, 1e-9)}
-        for lg in loggers:
-            lg.log(epoch, metrics)
-            lg.log_predictions(epoch, val_lp, val_y, manifest.classes)
-        # Every rank gathers (collectives for sharded models); rank 0 writes.
-        model_state = session.model_state(wrapped)
-        optim_state = optimizer_state(session, wrapped, optimizer)
-        ckpt = None
-        if rank == 0:
-            if improved:
-                torch.save(model_state, run_dir / MODEL_FILE)
-            ckpt = {"model": model_state, "optimizer": optim_state,
-                    "epoch": epoch, "best": best, "best_epoch": best_epoch, "stale": stale,
-                    "stopped": stopped_early, "rng": torch.get_rng_state(), "config": resolved}
-        session.report(metrics, ckpt)
-        if stopped_early:
-            if rank == 0 and console:
-                print(f"[{cfg.variant}] early stop: no {cfg.metric} improvement for {cfg.patience} epochs", flush=True)
-            break
-
-    result = finish(cfg, wrapped, data, manifest, device, run_dir, rank, best, best_epoch,
-                    epoch, time.perf_counter() - started, loggers, session)
-    for lg in loggers:
-        lg.close()
-    return result
+            atomic_torch_save(model_state, run.run_dir / MODEL_FILE)
+        ckpt = {"model": model_state, "optimizer": optim_state, "epoch": epoch, "best": run.best,
+                "best_epoch": run.best_epoch, "stale": run.stale, "stopped": run.stopped,
+                "rng": torch.get_rng_state(), "config": run.resolved}
+    run.session.report(metrics, ckpt)
 
 
-def finish(cfg: TrainConfig, model: nn.Module, data: Any, manifest: Manifest, device: torch.device,
-           run_dir: Path, rank: int, best: float | None, best_epoch: int, last_epoch: int,
-           seconds: float, loggers: list[MetricLogger], session: Session | None = None) -> dict[str, Any]:
+def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
     """Evaluate the best epoch's weights on val and test; write ``final.json`` on rank 0."""
-    best_path = run_dir / MODEL_FILE
+    cfg = run.cfg
+    best_path = run.run_dir / MODEL_FILE
     if best_path.is_file():
-        load_model_state(session, model, torch.load(best_path, map_location="cpu", weights_only=True))
-    result: dict[str, Any] = {"variant": cfg.variant, "best_epoch": best_epoch, "epochs_run": last_epoch,
-                              f"val/{cfg.metric}_best": best, "train_seconds": seconds}
-    val, _, _ = evaluate(model, data.eval_batches("val", cfg.eval_batch_size), device, manifest, "val")
-    result.update(val)
-    if data.has("test"):
-        test, _, _ = evaluate(model, data.eval_batches("test", cfg.eval_batch_size), device, manifest, "test")
-        result.update(test)
-        for lg in loggers:
-            lg.log(best_epoch, {k: v for k, v in test.items() if "/expert/" not in k})
-    if rank == 0:
-        (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=float))
+        run.session.load_model_state(run.model, read_torch_file(best_path, "model weights"))
+    result: dict[str, Any] = {"variant": cfg.variant, "best_epoch": run.best_epoch, "epochs_run": last_epoch,
+                              f"val/{cfg.metric}_best": run.best, "train_seconds": seconds}
+    for split in ("val", "test"):
+        if run.data.has(split):
+            metrics, _, _ = evaluate(run.model, run.data.eval_batches(split, cfg.eval_batch_size), run.device,
+                                     run.manifest, split)
+            result.update(metrics)
+            if split == "test":
+                for lg in run.loggers:
+                    lg.log(run.best_epoch, {k: v for k, v in metrics.items() if "/expert/" not in k})
+    if run.session.rank == 0:
+        atomic_write_json(run.run_dir / RESULT_FILE, result)
     return result

@@ -18,8 +18,10 @@ import torch
 
 from i2m2_ray.config import from_dict, load_yaml
 from i2m2_ray.data.format import load_manifest
+from i2m2_ray.data.memory import InMemoryData
 from i2m2_ray.train.config import TrainConfig
-from i2m2_ray.train.loop import MODEL_FILE, InMemoryData, evaluate, predict, prepare_run
+from i2m2_ray.train.epoch import evaluate, predict
+from i2m2_ray.train.loop import MODEL_FILE, prepare_run
 from i2m2_ray.train.metrics import predictive_entropy
 from i2m2_ray.tune.state import ExperimentState
 

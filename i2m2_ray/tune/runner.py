@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from i2m2_ray.config import load_yaml, save_yaml, to_dict
+from i2m2_ray.data.dataset import resolve_dataset
 from i2m2_ray.data.format import load_manifest
 from i2m2_ray.errors import ConfigError, I2M2Error
 from i2m2_ray.fsutil import dir_lock
 from i2m2_ray.models.builder import model_modalities, stage1_variants
-from i2m2_ray.train.loop import MODEL_FILE, RESULT_FILE, resolve_dataset
+from i2m2_ray.train.loop import MODEL_FILE, RESULT_FILE
 from i2m2_ray.tune.experiment import ExperimentConfig, check_variants
 from i2m2_ray.tune.state import ExperimentState, slug
 

@@ -11,33 +11,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from i2m2_ray.config import from_dict
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.train.loop import train
-from i2m2_ray.train.session import STATE_FILE, load_state_file, save_state, unwrap
+from i2m2_ray.train.session import STATE_FILE, Session, load_state_file, save_state
 
 # Trial config keys that are searched (and shown in TensorBoard's HParams tab); everything else
 # reaches the loop through "base", the experiment's resolved TrainConfig.
 SEARCHED = ("lr", "weight_decay", "optimizer", "batch_size", "seed")
 
 
-class TuneSession:
+class TuneSession(Session):
     """Reports each epoch to Tune and resumes from the trial's last checkpoint after a restore."""
-
-    rank = 0
-    world_size = 1
 
     def __init__(self) -> None:
         self.reports = 0
-
-    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
-        return model
-
-    def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return unwrap(model).state_dict()
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         from ray import tune
@@ -57,7 +45,7 @@ class TuneSession:
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as path:
-            return load_state_file(Path(path) / STATE_FILE)
+            return load_state_file(Path(path) / STATE_FILE, shown=f"{checkpoint.path}/{STATE_FILE}")
 
 
 def trial_config(config: dict[str, Any], trial_dir: str) -> TrainConfig:

@@ -7,7 +7,7 @@ import torch
 
 from i2m2_ray.errors import CheckpointError
 from i2m2_ray.models import build_model, init_from_stage1, stage1_variants
-from i2m2_ray.train.loop import nll
+from i2m2_ray.train.epoch import nll
 from tests.models.helpers import av_manifest, grid_manifest, random_inputs, random_labels
 
 

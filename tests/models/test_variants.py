@@ -9,7 +9,7 @@ from i2m2_ray.errors import ConfigError
 from i2m2_ray.models import build_model, parse_variant
 from i2m2_ray.models.encoders import LeNet
 from i2m2_ray.models.fusion import LowRankTensorFusion
-from i2m2_ray.train.loop import nll
+from i2m2_ray.train.epoch import nll
 from tests.models.helpers import av_manifest, feature_manifest, grid_manifest, random_inputs, random_labels
 
 AV_VARIANTS = ["unimodal:image", "unimodal:audio", "intra", "inter:lf", "inter:lrtf", "i2m2:lf", "i2m2:lrtf"]

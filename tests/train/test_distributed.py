@@ -185,8 +185,10 @@ def test_ray_run_writes_tensorboard_and_checkpoints_on_rank0(ddp_vs_local):
 @pytest.mark.slow
 def test_fsdp_full_state_dict_loads_into_plain_model(ray_local, tmp_path, small_dataset):
     from i2m2_ray.data.format import load_manifest
+    from i2m2_ray.data.memory import InMemoryData
     from i2m2_ray.models import build_model
-    from i2m2_ray.train.loop import InMemoryData, evaluate, prepare_run
+    from i2m2_ray.train.epoch import evaluate
+    from i2m2_ray.train.loop import prepare_run
 
     cfg = config(tmp_path / "run", small_dataset, workers=2, strategy="fsdp", epochs=2, tensorboard="false")
     result = run_training(cfg)
@@ -214,7 +216,8 @@ def test_sigkilled_worker_is_replaced_and_run_resumes_from_checkpoint(ray_local,
     while not (run / "checkpoints" / "epoch_001" / "state.pt").is_file():
         assert time.time() < deadline and thread.is_alive(), "no first checkpoint"
         time.sleep(0.05)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    address = ray_local.get_runtime_context().gcs_address  # this session's cluster, not another one here
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     assert len(workers) == 2
     victim = max(workers, key=lambda a: a.pid).pid
     os.kill(victim, signal.SIGKILL)
@@ -237,3 +240,31 @@ def scalars_of(path: Path, tag: str) -> list[int]:
     acc = EventAccumulator(str(path))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
+
+
+@pytest.mark.slow
+def test_diverging_worker_surfaces_as_one_line_training_diverged(ray_local, tmp_path, small_dataset):
+    """A TrainingDiverged raised in every Ray Train worker reaches the caller as itself, not a traceback."""
+    from i2m2_ray.errors import TrainingDiverged
+
+    cfg = config(tmp_path / "run", small_dataset, workers=2, max_failures=0, tensorboard="false",
+                 **{"optim.lr": 1e8, "optim.grad_clip": "null"})
+    with pytest.raises(TrainingDiverged) as err:
+        run_training(cfg)
+    assert str(err.value) == "i2m2:lf epoch 1: training loss is nan; lower optim.lr or set optim.grad_clip"
+    assert not list((tmp_path / "run" / "checkpoints").glob("epoch_*"))
+
+
+@pytest.mark.slow
+def test_ray_run_with_only_unreadable_checkpoints_fails_in_one_line(ray_local, tmp_path, small_dataset):
+    """Resuming an in-process run under Ray Train: its checkpoints all unreadable -> CheckpointError naming them."""
+    from i2m2_ray.errors import CheckpointError
+
+    run = tmp_path / "run"
+    run_training(config(run, small_dataset, epochs=1, tensorboard="false"), console=False)
+    state = run / "checkpoints" / "epoch_001" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as err:
+        run_training(config(run, small_dataset, workers=2, epochs=2, max_failures=0, tensorboard="false"))
+    assert str(err.value) == (f"{run / 'checkpoints'}: no readable checkpoint left (newest, epoch_001/state.pt: "
+                              "truncated or not a PyTorch file); remove the checkpoints or use a new run_dir")
