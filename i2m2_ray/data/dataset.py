@@ -37,9 +37,5 @@ def resolve_dataset(cfg: DatasetConfig) -> Path:
     key = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root(cfg) / f"builtin-{key}"
     if not (path / "manifest.json").is_file():
-        try:
-            generate(cfg.builtin, path)
-        except (DataError, OSError):
-            if not (path / "manifest.json").is_file():  # lost a race to a concurrent writer: fine
-                raise
+        generate(cfg.builtin, path, exist_ok=True)  # a concurrent writer's complete dataset is kept
     return path

@@ -260,8 +260,9 @@ def run_training(cfg: TrainConfig, console: bool = True) -> dict[str, Any]:
     race on the checkpoints). The Ray path needs ``ray.init`` done by the caller (the CLI does it).
     """
     from i2m2_ray.fsutil import dir_lock
-    from i2m2_ray.train.loop import train
+    from i2m2_ray.train.loop import prepare_run, train
 
+    prepare_run(cfg)  # config and dataset errors first: a rejected run leaves the run_dir as it was
     with dir_lock(Path(cfg.run_dir).expanduser(), what="training run"):
         if not use_ray(cfg):
             return train(cfg, console=console)
@@ -273,11 +274,10 @@ def _fit(cfg: TrainConfig) -> dict[str, Any]:
     import ray
     from ray.train import TrainingFailedError as RayTrainingFailed
 
-    from i2m2_ray.train.loop import RESULT_FILE, prepare_run
+    from i2m2_ray.train.loop import RESULT_FILE
 
     if not ray.is_initialized():
         raise ConfigError("workers > 1 (or launcher=ray) needs a Ray cluster: call ray.init first")
-    prepare_run(cfg)  # resolve / generate the dataset once here, not concurrently in every worker
     run_dir = Path(cfg.run_dir).expanduser()
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise CheckpointError(f"{run_dir / RUN_NAME}: has checkpoints but resume=false; choose a new run_dir")

@@ -22,8 +22,8 @@ from i2m2_ray.data.dataset import resolve_dataset
 from i2m2_ray.data.format import Manifest, load_manifest
 from i2m2_ray.errors import CheckpointError, ConfigError, TrainingDiverged
 from i2m2_ray.fsutil import atomic_torch_save, atomic_write_json
-from i2m2_ray.models import build_model, init_from_stage1, parse_variant
-from i2m2_ray.models.builder import model_modalities
+from i2m2_ray.models import build_model, init_from_stage1
+from i2m2_ray.models.builder import check_buildable, model_modalities, stage1_variants
 from i2m2_ray.train.epoch import class_weights, evaluate, train_epoch
 from i2m2_ray.train.metric_logging import ConsoleLogger, MetricLogger, TensorBoardLogger
 from i2m2_ray.train.session import LocalSession, Session, read_torch_file
@@ -80,7 +80,12 @@ def prepare_run(cfg: TrainConfig) -> tuple[Path, Manifest, list[str]]:
     root = resolve_dataset(cfg.dataset)
     manifest = load_manifest(root)
     mods = model_modalities(manifest, cfg.model)
-    parse_variant(cfg.variant, mods)
+    check_buildable(manifest, cfg.variant, cfg.model)
+    expected = set(stage1_variants(cfg.variant, mods)) if cfg.init else set()
+    unknown = sorted(set(cfg.init) - expected)
+    if unknown:
+        raise ConfigError(f"init.{unknown[0]}: {cfg.variant} is initialised from "
+                          f"{', '.join(sorted(expected)) or 'nothing'}")
     return root, manifest, mods
 
 
