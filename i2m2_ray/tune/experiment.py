@@ -245,7 +245,10 @@ def merge_experiment(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, A
 
 def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     """An experiment from a mapping in any form this project ever wrote, validated."""
-    return from_dict(ExperimentConfig, upgrade(data))
+    data = upgrade(data)
+    if "search" in data:
+        data["search"] = merge_space({}, data["search"])  # old files wrote unused choices as null
+    return from_dict(ExperimentConfig, data)
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

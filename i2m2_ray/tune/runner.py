@@ -15,6 +15,7 @@ from i2m2_ray.models.builder import model_modalities, stage1_variants
 from i2m2_ray.train.loop import resolve_dataset
 from i2m2_ray.tune.experiment import ExperimentConfig, check_variants, experiment_from_dict
 from i2m2_ray.tune.phases import Interrupted, final_runs, search_variant
+from i2m2_ray.tune.results import render_markdown, results_table, save_table
 from i2m2_ray.tune.service import init_ray
 from i2m2_ray.tune.state import EXPERIMENT_FILE, STATE, ExperimentState, code_fingerprint
 
@@ -84,8 +85,6 @@ def _note_code_change(state: ExperimentState) -> None:
 
 def _run_locked(exp: ExperimentConfig, exp_dir: Path, root: Path, modalities: list[str], num_cpus: int | None,
                 resume: bool, started: float):
-    from i2m2_ray.tune.results import render_markdown, results_table, save_table
-
     manifest = load_manifest(root)
     state = ExperimentState(exp_dir)
     save_yaml(to_dict(exp), exp_dir / EXPERIMENT_FILE)

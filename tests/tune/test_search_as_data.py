@@ -71,7 +71,7 @@ def test_every_trial_trained_with_its_searched_values(searched):
 
 def test_table_has_a_column_per_searched_path_with_the_best_values(searched):
     out, table = searched
-    assert table.columns[5:10] == ["lr", "weight_decay", "model.hidden", "optim.momentum", "trials"]
+    assert table.columns[6:11] == ["lr", "weight_decay", "model.hidden", "optim.momentum", "trials"]
     state = ExperimentState(out)
     for row in table.iter_rows(named=True):
         best = state.phase(f"search-{row['variant'].replace(':', '-')}")["best"]
