@@ -19,7 +19,12 @@ from typing import Any
 from i2m2_ray.errors import I2M2Error
 from i2m2_ray.train.loop import MODEL_FILE, RESULT_FILE
 from i2m2_ray.tune.experiment import ExperimentConfig
-from i2m2_ray.tune.service import build_tuner, make_trainable, metric_key, trial_param_space
+from i2m2_ray.tune.service import (
+    build_tuner,
+    make_trainable,
+    metric_key,
+    trial_param_space,
+)
 from i2m2_ray.tune.space import searched_values
 from i2m2_ray.tune.state import ExperimentState, read_json, row_params, slug
 

@@ -19,7 +19,13 @@ from i2m2_ray.fsutil import atomic_write_bytes, atomic_write_text
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.tune.experiment import ExperimentConfig, experiment_from_dict
 from i2m2_ray.tune.space import column_name, field_type
-from i2m2_ray.tune.state import EXPERIMENT_FILE, TABLE, ExperimentState, row_params, slug
+from i2m2_ray.tune.state import (
+    EXPERIMENT_FILE,
+    TABLE,
+    ExperimentState,
+    row_params,
+    slug,
+)
 
 # Markdown headers of searched columns that differ from the column name.
 HEADERS = {"weight_decay": "wd"}

@@ -13,11 +13,20 @@ from i2m2_ray.errors import ConfigError
 from i2m2_ray.fsutil import dir_lock
 from i2m2_ray.models.builder import model_modalities, stage1_variants
 from i2m2_ray.train.loop import resolve_dataset
-from i2m2_ray.tune.experiment import ExperimentConfig, check_variants, experiment_from_dict
+from i2m2_ray.tune.experiment import (
+    ExperimentConfig,
+    check_variants,
+    experiment_from_dict,
+)
 from i2m2_ray.tune.phases import Interrupted, final_runs, search_variant
 from i2m2_ray.tune.results import render_markdown, results_table, save_table
 from i2m2_ray.tune.service import init_ray
-from i2m2_ray.tune.state import EXPERIMENT_FILE, STATE, ExperimentState, code_fingerprint
+from i2m2_ray.tune.state import (
+    EXPERIMENT_FILE,
+    STATE,
+    ExperimentState,
+    code_fingerprint,
+)
 
 __all__ = ["EXPERIMENT_FILE", "Interrupted", "experiment_lock", "run_experiment"]
 

@@ -18,7 +18,8 @@ import copy
 import dataclasses
 import types
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from i2m2_ray.errors import ConfigError
 
