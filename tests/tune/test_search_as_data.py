@@ -147,3 +147,5 @@ def test_resume_of_an_experiment_written_in_the_old_format(ray_local, tmp_path, 
     assert again.drop("wall_s").equals(table.drop("wall_s"))
     assert (out / "results.md").is_file()
     assert "code" in json.loads((out / "state.json").read_text())
+    run_experiment(load_experiment(None, args))  # same code again: nothing to say
+    assert CODE_CHANGED not in capsys.readouterr().out
