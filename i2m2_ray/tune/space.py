@@ -211,4 +211,5 @@ def tune_domain(spec: dict[str, Any]):
 def searched_values(config: dict[str, Any]) -> dict[str, Any]:
     """The searched paths of a trial's config (final runs carry theirs in ``config["run"]``)."""
     merged = {**config, **config.get("run", {})}
-    return {k: v for k, v in merged.items() if k not in TRIAL_KEYS}
+    # a Tune run an earlier version started (and this one restores) names the fixed schema's keys
+    return {OLD_KEYS[k][0] if k in OLD_KEYS else k: v for k, v in merged.items() if k not in TRIAL_KEYS}

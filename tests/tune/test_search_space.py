@@ -155,3 +155,11 @@ def test_default_space_samples_what_the_fixed_schema_sampled():
         return out
 
     assert proposals(("lr", "weight_decay")) == proposals(("optim.lr", "optim.weight_decay"))
+
+
+def test_a_trial_config_written_by_an_earlier_version_still_trains(tmp_path):
+    """A phase interrupted before an upgrade is restored with its old trial configs (lr, weight_decay, ...)."""
+    base = load_experiment().trial_base("unimodal:image", {})
+    cfg = trial_config({"base": base, "lr": 0.05, "weight_decay": 2e-4, "optimizer": "adamw", "batch_size": 20},
+                       str(tmp_path))
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.name, cfg.optim.batch_size) == (0.05, 2e-4, "adamw", 20)
