@@ -6,27 +6,52 @@ what is known (search result without test numbers, or nothing).
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from i2m2_ray.config import from_dict, load_yaml
-from i2m2_ray.tune.experiment import ExperimentConfig
-from i2m2_ray.tune.state import ExperimentState, slug
+from i2m2_ray.config import load_yaml
+from i2m2_ray.errors import ConfigError
+from i2m2_ray.fsutil import atomic_write_bytes, atomic_write_text
+from i2m2_ray.train.config import TrainConfig
+from i2m2_ray.tune.experiment import ExperimentConfig, experiment_from_dict
+from i2m2_ray.tune.space import column_name, field_type
+from i2m2_ray.tune.state import (
+    EXPERIMENT_FILE,
+    TABLE,
+    ExperimentState,
+    row_params,
+    slug,
+)
 
-TABLE = "results"
+# Markdown headers of searched columns that differ from the column name.
+HEADERS = {"weight_decay": "wd"}
 
 
 def load_experiment_dir(exp_dir: str | Path) -> tuple[ExperimentConfig, ExperimentState]:
-    from i2m2_ray.errors import ConfigError
-    from i2m2_ray.tune.runner import EXPERIMENT_FILE
-
     exp_dir = Path(exp_dir)
-    if not (exp_dir / EXPERIMENT_FILE).is_file():
+    path = exp_dir / EXPERIMENT_FILE
+    if not path.is_file():
         raise ConfigError(f"{exp_dir}: not an experiment directory (no {EXPERIMENT_FILE})")
-    return from_dict(ExperimentConfig, load_yaml(exp_dir / EXPERIMENT_FILE)), ExperimentState(exp_dir)
+    try:
+        exp = experiment_from_dict(load_yaml(path))
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
+    return exp, ExperimentState(exp_dir)
+
+
+def _dtype(path: str) -> pl.DataType:
+    kind = field_type(TrainConfig, path)
+    return {float: pl.Float64, int: pl.Int64, bool: pl.Boolean}.get(kind, pl.Utf8)
+
+
+def _cell(value: Any, dtype: pl.DataType) -> Any:
+    if value is None or dtype != pl.Utf8:
+        return value
+    return str(value)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -38,9 +63,12 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def results_table(exp_dir: str | Path) -> pl.DataFrame:
-    """Best validation metric, test mean and sample std over seeds, best lr / wd, trials, epochs, time."""
+    """Best validation metric, test mean and sample std over seeds, the best value of every searched path
+    (``lr`` / ``weight_decay`` for the optimiser's, dotted names for the rest), trials, failed trials,
+    epochs, time."""
     exp, state = load_experiment_dir(exp_dir)
     m = exp.metric
+    searched = {column_name(p): (p, _dtype(p)) for p in exp.searched_paths()}
     rows = []
     for variant in exp.variants:
         search = state.phase(f"search-{slug(variant)}")
@@ -49,13 +77,16 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
             "runs": [r for r in final_phase["runs"] if r["variant"] == variant], "wall_s": final_phase["wall_s"]}
         stage = 1 if variant.split(":")[0] in ("unimodal", "inter") else 2
         row: dict[str, Any] = {"variant": variant, "stage": stage, f"val_{m}": None,
-                               f"test_{m}_mean": None, f"test_{m}_std": None, "seeds": 0, "lr": None,
-                               "weight_decay": None, "trials": 0, "epochs": 0, "wall_s": 0.0,
-                               "status": "pending"}
+                               f"test_{m}_mean": None, f"test_{m}_std": None, "seeds": 0,
+                               **{c: None for c in searched}, "trials": 0, "failed": 0, "epochs": 0,
+                               "wall_s": 0.0, "status": "pending"}
         if search:
             best = search["best"]
-            row.update({f"val_{m}": best["val_best"], "lr": best["lr"], "weight_decay": best["weight_decay"],
-                        "trials": len(search["trials"]), "epochs": sum(t["epochs"] for t in search["trials"]),
+            params = row_params(best)
+            row.update({c: _cell(params.get(p), dtype) for c, (p, dtype) in searched.items()})
+            row.update({f"val_{m}": best["val_best"], "trials": len(search["trials"]),
+                        "failed": sum(t.get("error") is not None for t in search["trials"]),
+                        "epochs": sum(t["epochs"] for t in search["trials"]),
                         "wall_s": search["wall_s"], "status": "searched"})
         if final:
             tests = [r["final"][f"test/{m}"] for r in final["runs"] if f"test/{m}" in r["final"]]
@@ -66,8 +97,8 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
                         "status": "done"})
         rows.append(row)
     schema = {"variant": pl.Utf8, "stage": pl.Int64, f"val_{m}": pl.Float64, f"test_{m}_mean": pl.Float64,
-              f"test_{m}_std": pl.Float64, "seeds": pl.Int64, "lr": pl.Float64, "weight_decay": pl.Float64,
-              "trials": pl.Int64, "epochs": pl.Int64, "wall_s": pl.Float64, "status": pl.Utf8}
+              f"test_{m}_std": pl.Float64, "seeds": pl.Int64, **{c: dtype for c, (_, dtype) in searched.items()},
+              "trials": pl.Int64, "failed": pl.Int64, "epochs": pl.Int64, "wall_s": pl.Float64, "status": pl.Utf8}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -81,22 +112,28 @@ def render_markdown(table: pl.DataFrame) -> str:
     pct = metric in ("accuracy", "balanced_accuracy", "auroc")
     scale = 100.0 if pct else 1.0
     unit = " %" if pct else ""
-    lines = [f"| variant | stage | val {metric}{unit} | test {metric}{unit} (mean ± std) | seeds | lr | wd | "
-             "trials | epochs | time s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    searched = table.columns[table.columns.index("seeds") + 1:table.columns.index("trials")]
+    heads = " | ".join(HEADERS.get(c, c) for c in searched)
+    lines = [f"| variant | stage | val {metric}{unit} | test {metric}{unit} (mean ± std) | seeds | {heads} | "
+             "trials | epochs | time s |", "|---|---:|---:|---:|---:|" + "---:|" * len(searched) + "---:|---:|---:|"]
     for r in table.iter_rows(named=True):
         val = r[f"val_{metric}"]
         mean, std = r[f"test_{metric}_mean"], r[f"test_{metric}_std"]
         test = "-" if mean is None else f"{mean * scale:.2f} ± {std * scale:.2f}"
+        cells = " | ".join(_fmt(r[c], ".3g") if isinstance(r[c], float) else _fmt(r[c], "") for c in searched)
+        trials = f"{r['trials']} ({r['failed']} failed)" if r.get("failed") else f"{r['trials']}"
         lines.append(f"| {r['variant']} | {r['stage']} | {_fmt(None if val is None else val * scale, '.2f')} | "
-                     f"{test} | {r['seeds']} | {_fmt(r['lr'], '.3g')} | {_fmt(r['weight_decay'], '.3g')} | "
-                     f"{r['trials']} | {r['epochs']} | {r['wall_s']:.0f} |")
+                     f"{test} | {r['seeds']} | {cells} | {trials} | {r['epochs']} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 
 
 def save_table(table: pl.DataFrame, exp_dir: str | Path) -> list[Path]:
+    """Markdown, CSV and Parquet, each written atomically (a reader never sees half a table)."""
     exp_dir = Path(exp_dir)
     paths = [exp_dir / f"{TABLE}.md", exp_dir / f"{TABLE}.csv", exp_dir / f"{TABLE}.parquet"]
-    paths[0].write_text(render_markdown(table) + "\n")
-    table.write_csv(paths[1])
-    table.write_parquet(paths[2])
+    atomic_write_text(paths[0], render_markdown(table) + "\n")
+    atomic_write_text(paths[1], table.write_csv())
+    buf = io.BytesIO()
+    table.write_parquet(buf)
+    atomic_write_bytes(paths[2], buf.getvalue())
     return paths

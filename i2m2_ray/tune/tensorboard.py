@@ -3,7 +3,8 @@
 Tune's own logger records ``trial.evaluated_params``; for final runs (a grid over whole
 run settings) that is ``run/lr``, ``run/base/optim/lr`` (a default, not the value used)
 and fifty other constants, so the HParams tab cannot line search and final runs up.
-Here every trial records the same few keys: the searched values, the seed and the variant.
+Here every trial records the same few keys: the searched values, the seed and the variant
+(the searched paths come from the experiment's ``search``, see space.py).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from typing import Any
 
 from ray.tune.logger import TBXLoggerCallback
 
-from i2m2_ray.tune.trainable import SEARCHED
+from i2m2_ray.tune.space import column_name, searched_values
 
 
 def trial_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """variant, seed and every searched path (``lr`` / ``weight_decay`` for the optimiser's two)."""
     merged = {**config, **config.get("run", {})}
     base = merged.get("base", {})
-    out: dict[str, Any] = {"variant": base.get("variant", merged.get("variant"))}
-    out.update({k: merged[k] for k in SEARCHED if k in merged})
-    out.setdefault("seed", base.get("seed"))
+    out: dict[str, Any] = {"variant": base.get("variant", merged.get("variant")),
+                           "seed": merged.get("seed", base.get("seed"))}
+    out.update({column_name(path): value for path, value in searched_values(config).items()})
     return {k: v for k, v in out.items() if isinstance(v, (int, float, str, bool))}
 
 

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from i2m2_ray.config import from_dict
+from i2m2_ray.errors import I2M2Error, TrainingDiverged
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.train.loop import train
 from i2m2_ray.train.session import STATE_FILE, Session, load_state_file, save_state
-
-# Trial config keys that are searched (and shown in TensorBoard's HParams tab); everything else
-# reaches the loop through "base", the experiment's resolved TrainConfig.
-SEARCHED = ("lr", "weight_decay", "optimizer", "batch_size", "seed")
+from i2m2_ray.tune.space import searched_values, with_values
 
 
 class TuneSession(Session):
@@ -49,22 +47,38 @@ class TuneSession(Session):
 
 
 def trial_config(config: dict[str, Any], trial_dir: str) -> TrainConfig:
-    """Searched values on top of the experiment's base config; the trial directory is the run dir.
+    """Every searched dotted path set inside the experiment's base config; the trial directory is the run dir.
 
     Final runs carry their whole setting in ``config["run"]`` (a grid over variants x seeds).
     """
-    config = {**config, **config.get("run", {})}
-    base = dict(config["base"])
-    optim = dict(base.get("optim", {}))
-    for key, target in (("lr", "lr"), ("weight_decay", "weight_decay"), ("optimizer", "name"),
-                        ("batch_size", "batch_size")):
-        if key in config:
-            optim[target] = config[key]
-    base["optim"] = optim
-    if "seed" in config:
-        base["seed"] = config["seed"]
+    merged = {**config, **config.get("run", {})}
+    base = with_values(merged["base"], searched_values(config))
+    if "seed" in merged:
+        base["seed"] = merged["seed"]
     base["run_dir"] = trial_dir
     return from_dict(TrainConfig, base)
+
+
+def user_error(exc: BaseException) -> I2M2Error | None:
+    """The user error behind ``exc``, also when a Ray Train worker raised it (wrapped by Train)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, I2M2Error):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+    return None
+
+
+def failure_status(error: I2M2Error) -> str:
+    if isinstance(error, TrainingDiverged):
+        return "diverged"
+    return "error: " + (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -73,21 +87,37 @@ def run_trial(config: dict[str, Any]) -> None:
     One worker: the loop runs here, in the trial's process. More: the trial drives a TorchTrainer
     whose run lives in the trial directory (a stable name, so a restored trial resumes it) and
     whose rank-0 reports reach Tune through ``TuneReportCallback``.
+
+    A user error (divergence, bad data, a missing init file) ends the trial normally with
+    ``trial_status`` and a NaN metric: retrying would fail the same way, and the search goes on.
+    Crashes (a dead worker, anything else) still raise, so Tune's FailureConfig retries them.
     """
     from ray import tune
 
     cfg = trial_config(config, tune.get_context().get_trial_dir())
+    session = TuneSession()
+    try:
+        result = _train(cfg, session)
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        tune.report({f"val/{cfg.metric}_best": float("nan"), "trial_status": failure_status(error),
+                     "epochs_run": session.reports})
+        return
+    if result is not None and session.reports == 0:
+        # Restored after the last checkpoint was written (driver killed at the very end): the loop had
+        # nothing left to run, but Tune needs the trial's final metrics once more.
+        # Marked, so nobody mistakes it for a second training of the last epoch.
+        tune.report({**result, "epoch": result["epochs_run"], "final_rereport": True})
+
+
+def _train(cfg: TrainConfig, session: TuneSession) -> dict[str, Any] | None:
     from i2m2_ray.train.distributed import build_trainer, use_ray
 
     if use_ray(cfg):
         from ray.tune.integration.ray_train import TuneReportCallback
 
         build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
-        return
-    session = TuneSession()
-    result = train(cfg, session=session, console=False)
-    if session.reports == 0:
-        # Restored after the last checkpoint was written (driver killed at the very end): the loop had
-        # nothing left to run, but Tune needs the trial's final metrics once more.
-        # Marked, so nobody mistakes it for a second training of the last epoch.
-        tune.report({**result, "epoch": result["epochs_run"], "final_rereport": True})
+        return None
+    return train(cfg, session=session, console=False)

@@ -53,7 +53,7 @@ def trial_params(exp_dir: Path) -> dict[str, dict[str, Any]]:
 def searched(params: dict[str, Any]) -> dict[str, float]:
     """lr / weight_decay of a trial: top level for searches, inside "run" for the final seed runs."""
     config = {**params, **params.get("run", {})}
-    return {"lr": config["lr"], "weight_decay": config["weight_decay"]}
+    return {"lr": config["optim.lr"], "weight_decay": config["optim.weight_decay"]}
 
 
 @pytest.fixture(scope="module")
