@@ -13,9 +13,10 @@ from typing import Any
 from i2m2_ray.config import deep_merge, from_dict, load_yaml, parse_overrides, to_dict
 from i2m2_ray.errors import ConfigError
 from i2m2_ray.models.builder import parse_variant
+from i2m2_ray.resources import search_spaces_dir
 from i2m2_ray.train.config import DatasetConfig, TrainConfig
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+DEFAULT_EXPERIMENT = search_spaces_dir() / "default.yaml"
 STAGE1_FAMILIES = ("unimodal", "inter")
 
 
