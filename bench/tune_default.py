@@ -144,11 +144,8 @@ def main() -> int:
              f"trials got less than their CPU and the wall time is inflated by roughly load / CPUs.\n\n"
              f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n")
     save(name, "Default search service run, end to end (python -m i2m2_ray.tune)", env, rows, notes=notes,
-         columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out)
-    json_path = args.out / f"{name}.json"
-    payload = json.loads(json_path.read_text())
-    payload.update({"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
+         columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out,
+         payload={"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
     return 0 if rc == 0 else 1
 
 

@@ -13,7 +13,6 @@ import torch
 from i2m2_ray.tune.experiment import load_experiment
 from i2m2_ray.tune.runner import run_experiment
 from i2m2_ray.tune.state import ExperimentState
-
 from tests.tune.procs import SMOKE_EXPERIMENT
 
 pytestmark = pytest.mark.slow
