@@ -64,8 +64,12 @@ def _os_error_line(exc: OSError) -> str:
 
 
 def quiet_ray() -> None:
-    """Keep Ray's own start-up lines off stderr (read at ``import ray``; set before it)."""
-    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
+    """Keep Ray's start-up lines (cluster started, token auth on, ...) off stderr, so an error stays one line.
+
+    Read at ``import ray``, so set before it; only the driver's ``ray`` logger (Tune's warnings keep
+    their own level). ``RAY_LOGGER_LEVEL=info`` in the environment brings them back.
+    """
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
 
 
 def classify(exc: BaseException, interrupted: str = "interrupted") -> tuple[int, str]:
