@@ -46,6 +46,14 @@ def record(result, key: str, t0: float) -> dict[str, Any]:
     return rec
 
 
+def log_range(exp: ExperimentConfig, variant: str, path: str) -> list[float]:
+    """[low, high] of a log-uniform entry of the variant's search space (the grid spans the same range)."""
+    spec = exp.space_for(variant).get(path) or {}
+    if "loguniform" not in spec:
+        raise SystemExit(f"search {path}: the grid needs a loguniform range, got {spec!r}")
+    return spec["loguniform"]
+
+
 def run_search(exp: ExperimentConfig, variant: str, method: str, seed: int | None, trials: int,
                grid_points: tuple[int, int], storage: Path, concurrency: int) -> dict[str, Any]:
     """One Tune run of the service's own trials: the grid without a scheduler, or the service's TPE + ASHA."""
@@ -59,9 +67,9 @@ def run_search(exp: ExperimentConfig, variant: str, method: str, seed: int | Non
         raise SystemExit(f"the trial param space has no {LR} / {WD} keys: {sorted(space)}")
     name = f"{method}-{variant.replace(':', '-')}" + (f"-s{seed}" if seed is not None else "")
     if method == "grid":
-        ranges, (n_lr, n_wd) = exp.space_for(variant), grid_points
-        space[LR] = tune.grid_search([float(x) for x in np.geomspace(*ranges.lr, n_lr)])
-        space[WD] = tune.grid_search([float(x) for x in np.geomspace(*ranges.weight_decay, n_wd)])
+        (n_lr, n_wd) = grid_points
+        space[LR] = tune.grid_search([float(x) for x in np.geomspace(*log_range(exp, variant, LR), n_lr)])
+        space[WD] = tune.grid_search([float(x) for x in np.geomspace(*log_range(exp, variant, WD), n_wd)])
         tuner = build_tuner(exp, name, variant, space, search=False, storage_path=str(storage))
     else:
         tuner = build_tuner(exp, name, variant, space, search=True, seed=seed, storage_path=str(storage))
@@ -213,7 +221,7 @@ def main() -> int:
                       experiment=f"search_spaces/{experiment}.yaml",
                       dataset=f"built-in, train/val/test {exp.dataset.builtin.train_size}/{val_n}/"
                               f"{exp.dataset.builtin.test_size}" if exp.dataset.builtin else exp.dataset.path,
-                      max_epochs=exp.budget.max_epochs, lr_range=exp.search.lr, wd_range=exp.search.weight_decay,
+                      max_epochs=exp.budget.max_epochs, search=exp.space_for(args.variants[0]),
                       grid=f"{args.grid[0]} lr x {args.grid[1]} wd (log-spaced)", tpe_trials=args.trials,
                       num_cpus=args.num_cpus, concurrency=concurrency, tolerance=args.tolerance,
                       loadavg_before=[round(x, 2) for x in load_before],
