@@ -98,6 +98,9 @@ def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted") ->
         code, line = classify(exc, interrupted)
         if os.environ.get("I2M2_DEBUG") == "1":
             traceback.print_exc()
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()  # what was printed before the error comes first
+    except OSError:  # stdout closed (e.g. piped into head): the error line still goes out
+        pass
     print(line, file=sys.stderr, flush=True)
     return code
