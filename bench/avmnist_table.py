@@ -14,7 +14,7 @@ Experiments are resumable: a re-run reuses finished phases (delete --work to sta
 Sizes: ``--size cpu`` (default; about 50 min on 2 CPU cores) trains on 3,000 rows, validates on 1,000
 (speaker-disjoint), tests on 2,000, with 4 trials and 8 epochs per variant; ``--size full`` is the paper's
 55k/5k/10k with 8 trials and 30 epochs (many hours on CPU); ``--size smoke`` checks the script.
-Usage: python bench/avmnist_table.py [--size cpu|full|smoke] [--pca-components 8] [--work runs/bench]
+Usage: python -m bench.avmnist_table [--size cpu|full|smoke] [--pca-components 8] [--work runs/bench]
        [--set resources.gpus_per_worker=0.25 ...]   (the full size wants GPUs: ``--size full --set ...``)
 """
 
@@ -30,10 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, environment, save_sections  # noqa: E402
+from bench.common import REPO, RESULTS, SHARED_DATA, environment, save_sections
 
 PAPER_I2M2 = 72.38  # test accuracy %, AV-MNIST, I2M2 (docs/I2M2.md)
 VARIANTS = ["unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf", "intra", "i2m2:lf", "i2m2:lrtf"]
@@ -52,19 +49,15 @@ SIZES: dict[str, dict[str, Any]] = {
 HOP = 164  # 18,262-sample clips -> 112 frames, the paper's spectrogram width
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("I2M2_SHARED_DATA", ROOT.parent / "shared" / "data"))
-
-
 def run(cmd: list[str], log: Path | None = None) -> None:
     """Run a CLI from the repo root; its output goes to ``log`` (or ours); a failure stops the bench."""
     print("$ " + " ".join(cmd), flush=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if log is None:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env)
+        proc = subprocess.run(cmd, cwd=REPO, env=env)
     else:
         with open(log, "a") as fh:
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(cmd)}" + (f"; see {log}" if log else ""))
 
@@ -73,7 +66,7 @@ def prepare(data_dir: Path, size: dict[str, Any], pca: int) -> None:
     if (data_dir / "manifest.json").is_file():
         print(f"dataset {data_dir} exists, reusing it", flush=True)
         return
-    shared = shared_data()
+    shared = SHARED_DATA
     cmd = [sys.executable, "-m", "i2m2_ray.data", "prepare", "avmnist-raw", "--mnist", str(shared / "mnist"),
            "--fsdd", str(shared / "fsdd" / "recordings"), "--pca-components", str(pca), "--keep-waveform",
            "--val-size", str(size["val"]), "--out", str(data_dir), "--quiet"]
@@ -127,7 +120,8 @@ def comparison_rows(exp_dir: Path, init: str | None = None) -> list[dict[str, An
         row = {"model": PAPER_NAMES.get(v, v), "variant": v}
         if init is not None:
             row["init"] = init
-        row.update({"test acc % (mean ± std)": f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f}",
+        mean, std = 100 * r["test_accuracy_mean"], 100 * r["test_accuracy_std"]
+        row.update({"test acc % (mean ± std)": f"{mean:.2f} ± {std:.2f}",
                     "per seed": " / ".join(f"{s:.2f}" for s in seeds.get(v, [])),
                     "val acc % (search best)": round(100 * r["val_accuracy"], 2), "lr": f"{r['lr']:.3g}",
                     "wd": f"{r['weight_decay']:.3g}", "trials": r["trials"], "epochs": r["epochs"],
@@ -154,7 +148,7 @@ def main() -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="cpu")
     ap.add_argument("--pca-components", type=int, default=8,
                     help="MNIST PCA components kept (the source code keeps 196; 8 matches published image difficulty)")
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench",
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench",
                     help="where datasets (under data/) and experiments go; re-runs resume from here")
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -162,8 +156,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="tables (default bench/results; a temp dir for smoke)")
     args = ap.parse_args()
     size = SIZES[args.size]
-    if not (shared_data() / "mnist").is_dir():
-        raise SystemExit(f"{shared_data()}: no MNIST here (set I2M2_SHARED_DATA to the folder holding mnist/ and fsdd/)")
+    if not (SHARED_DATA / "mnist").is_dir():
+        raise SystemExit(f"{SHARED_DATA}: no MNIST here (set I2M2_SHARED_DATA to the folder holding mnist/ and fsdd/)")
     smoke = args.size == "smoke"
     work = (Path(tempfile.mkdtemp(prefix="i2m2-avmnist-smoke-")) if smoke else args.work).resolve()
     out = args.out or (work / "results" if smoke else RESULTS)
@@ -175,8 +169,8 @@ def main() -> int:
 
     prepare(data_dir, size, args.pca_components)
     front = front_end_check(data_dir, work, 1 if smoke else 4)
-    tune = [sys.executable, "-m", "i2m2_ray.tune", "search_spaces/avmnist.yaml", *experiment_overrides(data_dir, size),
-            *args.set, "--num-cpus", str(args.num_cpus)]
+    tune = [sys.executable, "-m", "i2m2_ray.tune", "avmnist", *experiment_overrides(data_dir, size), *args.set,
+            "--num-cpus", str(args.num_cpus)]
     run([*tune, "variants=[" + ",".join(VARIANTS) + "]", f"output_dir={main_dir}"], log=work / f"{main_dir.name}.log")
     run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "final.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")
@@ -190,8 +184,9 @@ def main() -> int:
     entropy = frame_rows(dependency_table(main_dir))
     manifest = json.loads((data_dir / "manifest.json").read_text())
     splits = {k: v["rows"] for k, v in manifest["splits"].items()}
-    env = environment(command="python bench/avmnist_table.py " + " ".join(sys.argv[1:]),
-                      size=f"{args.size}: train/val/test rows {splits.get('train')}/{splits.get('val')}/{splits.get('test')}",
+    rows = "/".join(str(splits.get(k)) for k in ("train", "val", "test"))
+    env = environment(command="python -m bench.avmnist_table " + " ".join(sys.argv[1:]),
+                      size=f"{args.size}: train/val/test rows {rows}",
                       pca_components=args.pca_components, search=f"{size['trials']} trials x up to "
                       f"{size['max_epochs']} epochs per variant (TPE + ASHA, grace {size['grace']})",
                       seeds=size["seeds"], wall_s=round(time.time() - t0))

@@ -1,4 +1,9 @@
-"""What every benchmark prints and saves: the machine, versions, date, and a Markdown + JSON table."""
+"""What every benchmark prints and saves: the machine, versions, date, and a Markdown + JSON table.
+
+Benchmarks run from the repository root as modules (``python -m bench.<name>``), so ``bench`` and
+``i2m2_ray`` import without touching ``sys.path``. Only torch and numpy are needed here, so
+``bench/gpu_throughput.py`` still runs on a bare GPU box.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import platform
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+# Real datasets (MNIST, FSDD) shared between checkouts; tests use the same variable.
+SHARED_DATA = Path(os.environ.get("I2M2_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def environment(**extra: Any) -> dict[str, Any]:
@@ -44,14 +52,15 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None)
 
 
 def save(name: str, title: str, env: dict[str, Any], rows: list[dict[str, Any]], notes: str = "",
-         columns: list[str] | None = None, out: Path = RESULTS) -> str:
-    """Print the table and write ``<name>.md`` and ``<name>.json`` under bench/results/."""
+         columns: list[str] | None = None, out: Path = RESULTS, payload: dict[str, Any] | None = None) -> str:
+    """Print the table and write ``<name>.md`` and ``<name>.json`` (env, rows, payload) under ``out``."""
     lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in env.items()), "", *markdown_table(rows, columns)]
     text = "\n".join(lines) + "\n" + (f"\n{notes.strip()}\n" if notes else "")
     print("\n" + text, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2, default=str))
+    data = {"env": env, "rows": rows, **(payload or {})}
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
     return text
 
 

@@ -9,16 +9,13 @@ Datasets (written to a temp dir, deleted afterwards):
 Modes: Ray Data streaming (read pipeline per epoch), Ray Data materialized once in the driver,
 plain pyarrow row-group reader inside a torch DataLoader, and the in-memory reader for reference.
 Each mode runs two epochs; the table reports epoch 2 (what every later epoch costs) and the
-time to the first batch of that epoch. Usage: python bench/data_throughput.py [--rows N] [--out DIR]
+time to the first batch of that epoch. Usage: python -m bench.data_throughput [--rows N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,24 +26,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from i2m2_ray.data.format import load_manifest  # noqa: E402
-from i2m2_ray.data.memory import iterate_batches, load_split  # noqa: E402
-from i2m2_ray.data.ray_data import RayBatches, choose_mode, collate, estimate_bytes, needed_columns  # noqa: E402
+from bench.common import RESULTS, SHARED_DATA, environment, save
+from i2m2_ray.data.format import load_manifest
+from i2m2_ray.data.memory import iterate_batches, load_split
+from i2m2_ray.data.ray_data import RayBatches, choose_mode, collate, estimate_bytes, needed_columns
 
 BATCH = 64
 CONCLUSION = """
 Which mode the trainer picks: `choose_mode` (i2m2_ray/data/ray_data.py) picks **materialize** whenever the
 needed columns fit in half the object store (all three datasets here; also the full AV-MNIST train split,
-~2.9 GB, in the 7.3 GB default store of this 24 GB machine; the full fastMRI knee train split, ~28 GB, streams),
+~2.9 GB, in the 7.3 GB default store of this 24 GB machine; the full fastMRI knee train split,
+~28 GB, streams),
 else **stream**. Why: a streamed epoch re-pays the Ray Data start-up
 (1.5-3.5 s before the first batch, every epoch) and on 2 cores competes with training for the CPUs (and
 deadlocks if Train workers hold them all), while a materialized dataset is read once in the driver and
 then serves batches at 15-18k image+audio rows/s and ~1k MRI slices/s: about 2x the in-process
 pyarrow + DataLoader reader for AV-MNIST and MRI rows and 4-5x a DataLoader with one worker process
-(measured run; for the small builtin rows the in-process pyarrow reader was faster, 25k vs 16k rows/s). Streaming is for data larger than the object store. For single-process runs
+(measured run; for the small builtin rows the in-process pyarrow reader was faster, 25k vs 16k rows/s).
+Streaming is for data larger than the object store. For single-process runs
 on one machine the in-memory reader (memory.py) is faster still and needs no Ray at all.
 """
 
@@ -69,7 +66,7 @@ def _epoch(make_iter) -> tuple[int, float, float]:
     t0 = time.perf_counter()
     first = None
     rows = 0
-    for x, y in make_iter():
+    for _, y in make_iter():
         if first is None:
             first = time.perf_counter() - t0
         rows += len(y)
@@ -112,7 +109,7 @@ def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
     from i2m2_ray.data.fastmri import FastMRIConfig, prepare_fastmri
     from i2m2_ray.data.synthetic import SyntheticConfig, generate
 
-    shared = Path(os.environ.get("I2M2_SHARED_DATA", REPO.parent / "shared" / "data"))
+    shared = SHARED_DATA
     out = {}
     if (shared / "mnist").is_dir() and (shared / "fsdd" / "recordings").is_dir():
         cfg = AVMNISTRawConfig(train_limit=rows + 500, test_limit=200, val_size=500)
@@ -151,13 +148,14 @@ def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4000, help="train rows for avmnist/builtin (mri: ~rows/10 slices)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
     import ray
 
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False)
+    from i2m2_ray.cluster import init_ray
+
+    init_ray(num_cpus=os.cpu_count(), log_to_driver=False, quiet=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-") as tmp:
         t = time.perf_counter()
@@ -168,26 +166,13 @@ def main() -> int:
             results += bench_dataset(name, root)
     ray.shutdown()
 
-    env = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
-                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, no GPU used",
-        "python": platform.python_version(), "ray": ray.__version__, "torch": torch.__version__,
-        "pyarrow": pa.__version__, "numpy": np.__version__,
-        "batch_size": BATCH,
-    }
-    lines = ["# Data throughput: Parquet -> training batches", "",
-             *(f"- {k}: {v}" for k, v in env.items()), "",
-             "| dataset | mode | rows/s (epoch 2) | first batch s | setup s | rows | auto mode |",
-             "|---|---|---:|---:|---:|---:|---|"]
-    for r in results:
-        lines.append(f"| {r['dataset']} | {r['mode']} | {r['rows_per_s']} | {r['first_batch_s']} | {r['setup_s']} "
-                     f"| {r['rows']} | {r['auto_mode']} ({r['train_bytes'] / 2**20:.0f} MiB) |")
-    text = "\n".join(lines) + "\n" + CONCLUSION
-    print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "data_throughput.md").write_text(text)
-    (args.out / "data_throughput.json").write_text(json.dumps({"env": env, "results": results}, indent=2))
+    rows = [{"dataset": r["dataset"], "mode": r["mode"], "rows/s (epoch 2)": r["rows_per_s"],
+             "first batch s": r["first_batch_s"], "setup s": r["setup_s"], "rows": r["rows"],
+             "auto mode": f"{r['auto_mode']} ({r['train_bytes'] / 2**20:.0f} MiB)"} for r in results]
+    env = environment(command="python -m bench.data_throughput " + " ".join(sys.argv[1:]), gpu_used="no",
+                      batch_size=BATCH)
+    save("data_throughput", "Data throughput: Parquet -> training batches", env, rows, notes=CONCLUSION,
+         out=args.out, payload={"results": results})
     return 0
 
 

@@ -6,7 +6,7 @@ unimodal image, unimodal audio and inter LF first, then intra and I2M2 LF initia
 One fixed configuration for every cell (SGD lr 0.02, momentum 0.9, batch 40, 10 epochs, the
 val-best epoch kept), so the cells differ only by the data; the searched comparison is the AV-MNIST
 table. Two processes share the CPUs (one torch thread each).
-Usage: python bench/dependency_regimes.py [--intra 0 0.4 0.8] [--inter 0 0.5 1] [--seeds 0 1] [--smoke]
+Usage: python -m bench.dependency_regimes [--intra 0 0.4 0.8] [--inter 0 0.5 1] [--seeds 0 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, environment, save  # noqa: E402
+from bench.common import RESULTS, environment, save
 
 STAGE1 = ("unimodal:image", "unimodal:audio", "inter:lf")
 REPORTED = ("intra", "inter:lf", "i2m2:lf")
@@ -100,7 +97,7 @@ def main() -> int:
             row["i2m2 - best baseline (pts)"] = round(100 * (statistics.mean(c["i2m2:lf"] for c in cell)
                                                              - best_baseline), 1)
             rows.append(row)
-    env = environment(command="python bench/dependency_regimes.py " + " ".join(sys.argv[1:]),
+    env = environment(command="python -m bench.dependency_regimes " + " ".join(sys.argv[1:]),
                       classes=4, rows_train_val_test=args.rows, epochs=args.epochs, seeds=args.seeds,
                       recipe="SGD lr 0.02 momentum 0.9 batch 40, val-best epoch, I2M2/intra initialised from stage 1",
                       wall_s=round(time.time() - t0))
@@ -108,7 +105,8 @@ def main() -> int:
              "inter_strength is how often the label is (a + b) mod 4 of the two symbols, which neither modality "
              "predicts alone. 'bayes %' is the exact accuracy of the Bayes classifier that sees both latent "
              "symbols; the models see noisy images and waveforms of them, so they stay below it. Mean ± sample "
-             f"std over seeds {args.seeds} (training seed; the data are fixed per cell); test split of {args.rows[2]} rows.")
+             f"std over seeds {args.seeds} (training seed; the data are fixed per cell); "
+             f"test split of {args.rows[2]} rows.")
     save("dependency_regimes", "Dependency regimes: intra, inter and I2M2 against the Bayes-optimal accuracy",
          env, rows, notes=notes, out=out)
     return 0

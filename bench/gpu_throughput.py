@@ -1,40 +1,36 @@
 """GPU training throughput: our in-process path vs a plain PyTorch AMP loop, same model and batches.
 
 Self-contained: needs only PyTorch and numpy (no Ray, pyarrow, yaml, torchaudio), so it runs on a
-bare GPU box from a checkout:  python bench/gpu_throughput.py  (under 5 minutes on one H100/H200).
+bare GPU box from a checkout's root:  python -m bench.gpu_throughput  (under 5 minutes on one H100/H200).
 The model is the fastMRI-shaped I2M2 (magnitude, phase and an early-fusion inter expert: three
 PreActResNet-18 with GroupNorm, 320x320 inputs, four 2-way heads), batch 16, bf16 autocast, AdamW.
 "Ours" is ``LocalSession.prepare_model`` + ``i2m2_ray.train.loop.train_epoch`` (what ``train`` runs
 per epoch); "plain" is the textbook loop. Both take the same CPU batches and copy them to the device.
 Output: a table with machine, versions and date, saved as bench/results/train_gpu_<card>.{md,json}.
-CPU smoke test:  python bench/gpu_throughput.py --device cpu --steps 2 --size 16 --batch 2 --rounds 1 --warmup 1 --out /tmp/x
+CPU smoke test:
+  python -m bench.gpu_throughput --device cpu --steps 2 --size 16 --batch 2 --rounds 1 --warmup 1 --out /tmp/x
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import os
-import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from i2m2_ray.data.format import Manifest, ModalitySpec  # noqa: E402
-from i2m2_ray.models.builder import EncoderConfig, ModelConfig, build_model  # noqa: E402
-from i2m2_ray.train.loop import train_epoch  # noqa: E402
-from i2m2_ray.train.session import LocalSession  # noqa: E402
+from bench.common import RESULTS, environment, save
+from i2m2_ray.data.format import Manifest, ModalitySpec
+from i2m2_ray.models.builder import EncoderConfig, ModelConfig, build_model
+from i2m2_ray.train.loop import train_epoch
+from i2m2_ray.train.session import LocalSession
 
 FINDINGS = ["cartilage", "meniscus", "acl", "other"]
 
@@ -77,7 +73,8 @@ def sync(device: torch.device) -> None:
 
 def ours(model, batches, steps: int, device: torch.device, warmup: int) -> float:
     """Our path: the session's prepare_model and the loop's train_epoch (bf16 autocast on CUDA)."""
-    wrapped = LocalSession(REPO / "unused", "auroc", "max").prepare_model(model, device)
+    run_dir = Path(tempfile.gettempdir()) / "i2m2-gpu-bench"  # never written: only prepare_model is used
+    wrapped = LocalSession(run_dir, "auroc", "max").prepare_model(model, device)
     opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-4, weight_decay=1e-2)
     train_epoch(wrapped, opt, cycle(batches, warmup), None, None, device)  # warm-up (cudnn autotune, allocator)
     sync(device)
@@ -115,13 +112,6 @@ def plain(model, batches, steps: int, device: torch.device, warmup: int) -> floa
     return seen / (time.perf_counter() - t0)
 
 
-def environment(device: torch.device) -> dict[str, str]:
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": card,
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": str(torch.version.cuda), "numpy": np.__version__}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fastmri: 3x PreActResNet-18 at --size; avmnist: LeNet I2M2 LF (use --batch 40)")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -149,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         rates["plain"].append(plain(models["plain"], batches, args.steps, device, args.warmup))
         rates["ours"].append(ours(models["ours"], batches, args.steps, device, args.warmup))
     ours_sps, plain_sps = statistics.median(rates["ours"]), statistics.median(rates["plain"])
-    env = environment(device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    env = environment(command="python -m bench.gpu_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
+                      device=card, cuda=str(torch.version.cuda))
     params = sum(p.numel() for p in base.parameters())
     desc = ("i2m2:lf LeNet, 28x28 image + 112x112 spectrogram" if args.model == "avmnist"
             else f"i2m2:early 3x PreActResNet-18 {args.size}x{args.size}")
@@ -158,19 +150,12 @@ def main(argv: list[str] | None = None) -> int:
            "bf16": device.type == "cuda", "ours_samples_per_s": round(ours_sps, 2),
            "plain_samples_per_s": round(plain_sps, 2), "ratio": round(ours_sps / plain_sps, 3),
            "target": ">= 0.9", "wall_s": round(time.perf_counter() - t_start, 1)}
-    lines = ["# GPU training throughput: our path vs a plain PyTorch AMP loop", "",
-             *(f"- {k}: {v}" for k, v in env.items()), "",
-             "| " + " | ".join(row) + " |", "|" + "---|" * len(row),
-             "| " + " | ".join(str(v) for v in row.values()) + " |", "",
-             f"per-round samples/s: ours {[round(r, 1) for r in rates['ours']]}, "
-             f"plain {[round(r, 1) for r in rates['plain']]}"]
-    text = "\n".join(lines) + "\n"
-    print(text, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = ("train_gpu_avmnist_" if args.model == "avmnist" else "train_gpu_") + re.sub(r"[^a-z0-9]+", "_", env["device"].lower()).strip("_")
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": [row], "rounds": rates}, indent=2))
+    notes = (f"per-round samples/s: ours {[round(r, 1) for r in rates['ours']]}, "
+             f"plain {[round(r, 1) for r in rates['plain']]}")
+    prefix = "train_gpu_avmnist_" if args.model == "avmnist" else "train_gpu_"
+    name = prefix + re.sub(r"[^a-z0-9]+", "_", card.lower()).strip("_")
+    save(name, "GPU training throughput: our path vs a plain PyTorch AMP loop", env, [row], notes=notes, out=args.out,
+         payload={"rounds": rates})
     return 0
 
 

@@ -3,7 +3,7 @@
 AV-MNIST shapes (1x28x28 image, 1x112x112 spectrogram, 10 classes), batch 40, SGD with
 gradient clipping at 8. Both loops run on the same in-memory tensors in one process; they
 alternate, each measured ``--repeats`` times, and the table reports the medians and their
-ratio (target >= 0.95). Usage: python bench/loop_throughput.py [--rows 2000] [--repeats 5]
+ratio (target >= 0.95). Usage: python -m bench.loop_throughput [--rows 2000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import environment, save  # noqa: E402
-from i2m2_ray.data.format import Manifest, ModalitySpec  # noqa: E402
-from i2m2_ray.data.memory import TensorSplit, iterate_batches  # noqa: E402
-from i2m2_ray.models import build_model  # noqa: E402
-from i2m2_ray.train.loop import train_epoch  # noqa: E402
+from bench.common import environment, save
+from i2m2_ray.data.format import Manifest, ModalitySpec
+from i2m2_ray.data.memory import TensorSplit, iterate_batches
+from i2m2_ray.models import build_model
+from i2m2_ray.train.loop import train_epoch
 
 BATCH, CLIP, LR = 40, 8.0, 0.01
 
@@ -84,7 +81,7 @@ def main() -> int:
             {"loop": "i2m2_ray.train.loop.train_epoch", "samples_per_s": round(ours, 1),
              "ratio": round(ours / plain, 3)}]
     env = environment(model="I2M2-LF, AV-MNIST shapes", batch=BATCH, rows=args.rows, repeats=args.repeats,
-                      command="python bench/loop_throughput.py " + " ".join(sys.argv[1:]))
+                      command="python -m bench.loop_throughput " + " ".join(sys.argv[1:]))
     save("loop_throughput", "Training loop vs plain PyTorch loop (CPU)", env, rows,
          notes=f"Target ratio >= 0.95; measured {ours / plain:.3f} (medians of {args.repeats} alternating epochs).")
     return 0

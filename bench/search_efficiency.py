@@ -8,7 +8,7 @@ For each variant, on the default experiment's built-in dataset and with the serv
 Each trial's completion time (from the start of its run) and ``val/accuracy_best`` are recorded; the
 table gives the wall time at which TPE+ASHA's best-so-far first comes within ``--tolerance`` of the
 grid's best, as a fraction of the grid's wall time (target <= 0.3), and the epochs each spent.
-Usage: python bench/search_efficiency.py [--smoke] [--variants inter:lf unimodal:audio] [--seeds 0 1]
+Usage: python -m bench.search_efficiency [--smoke] [--variants inter:lf unimodal:audio] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -26,99 +26,58 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, environment, save  # noqa: E402
-from i2m2_ray.tune.experiment import ExperimentConfig, load_experiment  # noqa: E402
+from bench.common import RESULTS, environment, save
+from i2m2_ray.resources import shipped_experiment
+from i2m2_ray.tune import build_tuner, init_ray, load_experiment, metric_key, sampler_seed, trial_param_space
+from i2m2_ray.tune.experiment import ExperimentConfig
 
 TARGET_FRACTION = 0.3
-SMOKE_OVERRIDES = ["budget.max_epochs=1", "budget.grace_period=1", "dataset.builtin.train_size=80",
-                   "dataset.builtin.val_size=40", "dataset.builtin.test_size=40"]
+LR, WD = "optim.lr", "optim.weight_decay"  # the searched keys of a trial's param space
 
 
-def start_ray(num_cpus: int) -> None:
-    """A private local cluster (never joins another user's), quiet Tune output."""
-    os.environ.pop("RAY_ADDRESS", None)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import logging
-
-    import optuna
-    import ray
-
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False)
+def record(result, key: str, t0: float) -> dict[str, Any]:
+    """One finished trial: completion time from the start of its Tune run, its lr, wd, best metric, epochs."""
+    m = result.metrics or {}
+    rec = {"t_s": round(m.get("timestamp", t0) - t0, 2), "lr": result.config.get(LR),
+           "weight_decay": result.config.get(WD), "val_best": m.get(key, float("nan")),
+           "epochs": int(m.get("epoch", 0)), "status": "error" if result.error else "done"}
+    print(f"    t={rec['t_s']:7.1f}s  lr {rec['lr']:.3g}  wd {rec['weight_decay']:.3g}  "
+          f"{key} {rec['val_best']:.4f}  epochs {rec['epochs']}  {rec['status']}", flush=True)
+    return rec
 
 
-def make_recorder(t0_box: list[float], key: str, records: list[dict[str, Any]]):
-    """A Tune callback appending (completion time, lr, wd, best val, epochs) for every finished trial."""
-    from ray.tune import Callback
-
-    class Recorder(Callback):
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._record(trial, "done")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._record(trial, "error")
-
-        def _record(self, trial, status: str) -> None:
-            r = trial.last_result or {}
-            rec = {"t_s": round(time.time() - t0_box[0], 2), "lr": trial.config.get("lr"),
-                   "weight_decay": trial.config.get("weight_decay"), "val_best": r.get(key, float("nan")),
-                   "epochs": int(r.get("epoch", 0)), "status": status}
-            records.append(rec)
-            print(f"    t={rec['t_s']:7.1f}s  lr {rec['lr']:.3g}  wd {rec['weight_decay']:.3g}  "
-                  f"{key} {rec['val_best']:.4f}  epochs {rec['epochs']}  {status}", flush=True)
-
-    return Recorder()
+def log_range(exp: ExperimentConfig, variant: str, path: str) -> list[float]:
+    """[low, high] of a log-uniform entry of the variant's search space (the grid spans the same range)."""
+    spec = exp.space_for(variant).get(path) or {}
+    if "loguniform" not in spec:
+        raise SystemExit(f"search {path}: the grid needs a loguniform range, got {spec!r}")
+    return spec["loguniform"]
 
 
 def run_search(exp: ExperimentConfig, variant: str, method: str, seed: int | None, trials: int,
                grid_points: tuple[int, int], storage: Path, concurrency: int) -> dict[str, Any]:
-    """One Tune run of the service's trainable; returns its wall time and per-trial records."""
+    """One Tune run of the service's own trials: the grid without a scheduler, or the service's TPE + ASHA."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from i2m2_ray.tune.runner import _base, _sampler, _trainable, metric_key, trial_dirname
 
     key = metric_key(exp)
-    space = exp.space_for(variant)
-    param_space: dict[str, Any] = {"base": _base(exp, variant, {})}
-    b = exp.budget
-    if method == "grid":
-        n_lr, n_wd = grid_points
-        param_space["lr"] = tune.grid_search([float(x) for x in np.geomspace(*space.lr, n_lr)])
-        param_space["weight_decay"] = tune.grid_search([float(x) for x in np.geomspace(*space.weight_decay, n_wd)])
-        search_alg, scheduler, num_samples = None, None, 1
-    else:
-        param_space["lr"] = tune.loguniform(*space.lr)
-        param_space["weight_decay"] = tune.loguniform(*space.weight_decay)
-        # The service's own sampler (seeded TPE, multivariate, modelling after a third of the budget).
-        search_alg = OptunaSearch(sampler=_sampler(replace(exp, seed=seed - sum(map(ord, variant)),
-                                                           budget=replace(exp.budget, trials=trials)), variant))
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
-                                  reduction_factor=b.reduction_factor)
-        num_samples = trials
-    records: list[dict[str, Any]] = []
-    t0_box = [0.0]
+    budget = replace(exp.budget, concurrency=concurrency, **({"trials": trials} if method == "tpe" else {}))
+    exp = replace(exp, budget=budget)
+    space = trial_param_space(exp, variant)
+    if not {LR, WD} <= set(space):
+        raise SystemExit(f"the trial param space has no {LR} / {WD} keys: {sorted(space)}")
     name = f"{method}-{variant.replace(':', '-')}" + (f"-s{seed}" if seed is not None else "")
-    tuner = tune.Tuner(
-        _trainable(exp), param_space=param_space,
-        tune_config=tune.TuneConfig(metric=key, mode=exp.mode, max_concurrent_trials=concurrency,
-                                    num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
-                                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                  callbacks=[make_recorder(t0_box, key, records)],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    if method == "grid":
+        (n_lr, n_wd) = grid_points
+        space[LR] = tune.grid_search([float(x) for x in np.geomspace(*log_range(exp, variant, LR), n_lr)])
+        space[WD] = tune.grid_search([float(x) for x in np.geomspace(*log_range(exp, variant, WD), n_wd)])
+        tuner = build_tuner(exp, name, variant, space, search=False, storage_path=str(storage))
+    else:
+        tuner = build_tuner(exp, name, variant, space, search=True, seed=seed, storage_path=str(storage))
     print(f"  {name}: start", flush=True)
-    t0_box[0] = time.time()
-    tuner.fit()
-    wall = time.time() - t0_box[0]
-    records.sort(key=lambda r: r["t_s"])
+    t0 = time.time()
+    grid = tuner.fit()
+    wall = time.time() - t0
+    records = sorted((record(grid[i], key, t0) for i in range(len(grid))), key=lambda r: r["t_s"])
     return {"variant": variant, "method": method, "seed": seed, "wall_s": wall, "trials": records}
 
 
@@ -199,7 +158,8 @@ Caveats.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny dataset, 1 epoch, 2x1 grid, 2 TPE trials: checks the script")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the shipped smoke experiment's data and epochs, 2x1 grid, 2 TPE trials: checks the script")
     ap.add_argument("--variants", nargs="+", default=["inter:lf", "unimodal:audio"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="Optuna seeds (TPE+ASHA runs per variant)")
     ap.add_argument("--trials", type=int, default=12, help="TPE+ASHA trial budget per run")
@@ -213,20 +173,20 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="where the .md/.json tables go (default bench/results, or a temp dir with --smoke)")
     ap.add_argument("--append", type=Path, default=None,
-                    help="a previous search_efficiency.json: keep its runs and reuse its grids (only new TPE seeds run)")
+                    help="a previous search_efficiency.json: keep its runs and reuse its grids "
+                         "(only new TPE seeds run)")
     args = ap.parse_args()
     if args.smoke:
         args.variants, args.seeds, args.trials, args.grid = args.variants[:1], args.seeds[:1], 2, [2, 1]
     out = args.out or (Path(tempfile.gettempdir()) / "i2m2-bench-smoke" if args.smoke else RESULTS)
-    overrides = SMOKE_OVERRIDES if args.smoke else []
-    if args.val_size and not args.smoke:
-        overrides = [f"dataset.builtin.val_size={args.val_size}"]
-    exp = load_experiment(None, overrides)
-    exp.validate()
+    experiment = "smoke" if args.smoke else "default"
+    overrides = [f"dataset.builtin.val_size={args.val_size}"] if args.val_size and not args.smoke else []
+    exp = load_experiment(shipped_experiment(experiment), overrides)
     concurrency = args.concurrency or max(1, int(args.num_cpus // exp.resources.cpus_per_trial))
     load_before = os.getloadavg()
     loads: list[float] = [load_before[0]]
-    start_ray(args.num_cpus)
+    os.environ.pop("RAY_ADDRESS", None)  # a private local cluster: the timings are this machine's
+    init_ray(args.num_cpus)
     runs: list[dict[str, Any]] = json.loads(args.append.read_text())["runs"] if args.append else []
     t_all = time.time()
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-search-") as storage:
@@ -236,7 +196,7 @@ def main() -> int:
                 runs.append(run_search(exp, variant, "grid", None, 0, tuple(args.grid), Path(storage), concurrency))
                 loads.append(os.getloadavg()[0])
             for s in args.seeds:
-                seed = exp.seed + s + sum(map(ord, variant))  # the service's per-variant seed, shifted by s
+                seed = sampler_seed(exp, variant) + s  # the service's per-variant seed, shifted by s
                 print(f"\n=== {variant}: TPE+ASHA, Optuna seed {seed}, {args.trials} trials ===", flush=True)
                 runs.append(run_search(exp, variant, "tpe", seed, args.trials, tuple(args.grid), Path(storage),
                                        concurrency))
@@ -257,24 +217,21 @@ def main() -> int:
     verdicts = [f"{r['variant']} seed {r['seed']}: frac_time {r['frac_time']}, frac_epochs {r['frac_epochs']}, "
                 f"best {r['val_best']}" for r in tpe]
     notes = "Summary: " + "; ".join(verdicts) + f". Total benchmark time {total:.0f} s.\n\n" + notes
-    env = environment(command="python bench/search_efficiency.py " + " ".join(sys.argv[1:]),
-                      experiment="search_spaces/default.yaml" + (" + smoke overrides" if args.smoke else ""),
+    env = environment(command="python -m bench.search_efficiency " + " ".join(sys.argv[1:]),
+                      experiment=f"search_spaces/{experiment}.yaml",
                       dataset=f"built-in, train/val/test {exp.dataset.builtin.train_size}/{val_n}/"
                               f"{exp.dataset.builtin.test_size}" if exp.dataset.builtin else exp.dataset.path,
-                      max_epochs=exp.budget.max_epochs, lr_range=exp.search.lr, wd_range=exp.search.weight_decay,
+                      max_epochs=exp.budget.max_epochs, search=exp.space_for(args.variants[0]),
                       grid=f"{args.grid[0]} lr x {args.grid[1]} wd (log-spaced)", tpe_trials=args.trials,
                       num_cpus=args.num_cpus, concurrency=concurrency, tolerance=args.tolerance,
                       loadavg_before=[round(x, 2) for x in load_before],
                       loadavg_after=[round(x, 2) for x in load_after],
                       loadavg_1min_samples=[round(x, 2) for x in loads])
-    save("search_efficiency", "Search cost: TPE+ASHA vs exhaustive lr x wd grid (service trials)", env, rows,
-         notes=notes, out=out)
-    json_path = out / "search_efficiency.json"
-    payload = json.loads(json_path.read_text())
-    payload["runs"] = runs
+    payload: dict[str, Any] = {"runs": runs}
     if args.append:
         payload["appended_to"] = json.loads(args.append.read_text())["env"]
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    save("search_efficiency", "Search cost: TPE+ASHA vs exhaustive lr x wd grid (service trials)", env, rows,
+         notes=notes, out=out, payload=payload)
     return 0
 
 

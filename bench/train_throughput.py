@@ -9,25 +9,20 @@ Rows (same built-in dataset, variant, global batch 40, seed):
 Samples/s is the median of the per-epoch ``train/samples_per_s`` (epochs 2..E, global rate) read
 back from TensorBoard; the fixed cost is call -> first training step, i.e. the wall time of the
 epoch-1 event minus that epoch's duration, with ``ray.init`` done before the clock starts.
-Usage: python bench/train_throughput.py [--epochs 3] [--train-size 1000]
+Usage: python -m bench.train_throughput [--epochs 3] [--train-size 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+from bench.common import RESULTS, environment, save
 
 
 def read_scalars(tb_dir: Path) -> dict[str, list]:
@@ -57,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=1000)
-    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     import ray
-    import torch
 
+    from i2m2_ray.cluster import init_ray
     from i2m2_ray.data.synthetic import SyntheticConfig, generate
     from i2m2_ray.train.config import load_train_config
     from i2m2_ray.train.distributed import run_training
@@ -77,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     load_start = os.getloadavg()[0]  # a shared machine: other users' load skews every rate
     t = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    init_ray(num_cpus=2, log_to_driver=False, quiet=True)
     ray_init_s = time.perf_counter() - t
     rows = []
     try:
@@ -96,25 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["vs_plain"] = round(row["samples_per_s"] / plain, 3)
 
-    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared; timings +-30 %)",
-           "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-           "dataset": f"built-in, {args.train_size} train rows", "variant": "i2m2:lf", "global_batch": 40,
-           "epochs": args.epochs, "ray_init_s (excluded)": round(ray_init_s, 2),
-           "load_average_1m (start, end)": f"{load_start:.1f}, {os.getloadavg()[0]:.1f}"}
-    cols = ["path", "samples_per_s", "vs_plain", "startup_s", "total_s"]
-    lines = ["# Training launcher on CPU: throughput and fixed cost to first step", "",
-             *(f"- {k}: {v}" for k, v in env.items()), "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-             *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows), "",
-             "Targets: 1 worker through the launcher >= 0.9 x plain samples/s, start-up <= 2 s (excluding ray.init).",
-             "startup_s = call -> first training step; samples_per_s = median global rate over epochs 2..E."]
-    text = "\n".join(lines) + "\n"
-    print(text, flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.md").write_text(text)
-    (out / "train_throughput.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    env = environment(command="python -m bench.train_throughput " + " ".join(sys.argv[1:] if argv is None else argv),
+                      note="shared machine; timings +-30 %", dataset=f"built-in, {args.train_size} train rows",
+                      variant="i2m2:lf", global_batch=40, epochs=args.epochs,
+                      **{"ray_init_s (excluded)": round(ray_init_s, 2),
+                         "load_average_1m (start, end)": f"{load_start:.1f}, {os.getloadavg()[0]:.1f}"})
+    notes = ("Targets: 1 worker through the launcher >= 0.9 x plain samples/s, start-up <= 2 s (excluding ray.init).\n"
+             "startup_s = call -> first training step; samples_per_s = median global rate over epochs 2..E.")
+    save("train_throughput", "Training launcher on CPU: throughput and fixed cost to first step", env, rows,
+         notes=notes, columns=["path", "samples_per_s", "vs_plain", "startup_s", "total_s"], out=args.out)
     return 0
 
 

@@ -4,7 +4,7 @@ Runs ``python -m i2m2_ray.tune search_spaces/default.yaml --num-cpus 2`` as a su
 user types, Ray start-up and the final seed runs included) into a temporary output_dir, captures
 the results table it prints, reads the per-phase ``wall_s`` from the experiment's state.json, and
 samples the load average during the run, because other processes share the CPUs and inflate the time.
-Usage: python bench/tune_default.py [--smoke] [--keep DIR]
+Usage: python -m bench.tune_default [--smoke] [--keep DIR]   (--smoke: the shipped smoke experiment instead)
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import RESULTS, environment, save  # noqa: E402
+from bench.common import REPO, RESULTS, environment, save
 
 TARGET_S = 300.0
-# Smoke: one unimodal variant, one trial, one epoch, one seed, a tiny dataset; checks the script end to end.
-SMOKE_OVERRIDES = ["variants=[unimodal:image]", "budget.trials=1", "budget.max_epochs=1", "budget.grace_period=1",
-                   "final.seeds=[0]", "dataset.builtin.train_size=80", "dataset.builtin.val_size=40",
-                   "dataset.builtin.test_size=40"]
 
 
 class LoadSampler:
@@ -45,7 +38,7 @@ class LoadSampler:
         while not self._stop.wait(self.every_s):
             self.samples.append(os.getloadavg()[0])
 
-    def __enter__(self) -> "LoadSampler":
+    def __enter__(self) -> LoadSampler:
         self._thread.start()
         return self
 
@@ -58,14 +51,17 @@ class LoadSampler:
         return {"mean": round(sum(s) / len(s), 2), "max": round(max(s), 2), "n": len(s)}
 
 
-def run_service(out_dir: Path, overrides: list[str], num_cpus: int) -> tuple[int, float, str]:
-    """Run the CLI, echoing its output live; returns (exit code, wall seconds, captured stdout+stderr)."""
-    cmd = [sys.executable, "-m", "i2m2_ray.tune", "search_spaces/default.yaml", f"output_dir={out_dir}",
-           *overrides, "--num-cpus", str(num_cpus)]
+def run_service(experiment: str, out_dir: Path, overrides: list[str], num_cpus: int) -> tuple[int, float, str]:
+    """Run the CLI on a shipped experiment (``default``, ``smoke``), echoing its output live.
+
+    Returns (exit code, wall seconds, captured stdout+stderr).
+    """
+    cmd = [sys.executable, "-m", "i2m2_ray.tune", experiment, f"output_dir={out_dir}", *overrides,
+           "--num-cpus", str(num_cpus)]
     print("$ " + " ".join(cmd), flush=True)
     lines: list[str] = []
     t0 = time.perf_counter()
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -102,20 +98,20 @@ def phase_rows(out_dir: Path) -> list[dict[str, Any]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny experiment (one variant, one epoch): checks the script")
+    ap.add_argument("--smoke", action="store_true", help="the shipped smoke experiment: checks the script")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the CLI's local Ray cluster")
     ap.add_argument("--keep", type=Path, default=None, help="write the experiment here instead of a temp dir")
     ap.add_argument("--out", type=Path, default=None,
                     help="where the .md/.json tables go (default bench/results, or a temp dir with --smoke)")
     args = ap.parse_args()
-    overrides = SMOKE_OVERRIDES if args.smoke else []
+    experiment = "smoke" if args.smoke else "default"
     name = "tune_default"
     args.out = args.out or (Path(tempfile.gettempdir()) / "i2m2-bench-smoke" if args.smoke else RESULTS)
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-tune-") as tmp:
         out_dir = (args.keep or Path(tmp) / "exp").resolve()
         load_before = os.getloadavg()
         with LoadSampler() as sampler:
-            rc, wall, output = run_service(out_dir, overrides, args.num_cpus)
+            rc, wall, output = run_service(experiment, out_dir, [], args.num_cpus)
         load_after = os.getloadavg()
         phases = phase_rows(out_dir)
         results_csv = out_dir / "results.csv"
@@ -129,12 +125,13 @@ def main() -> int:
     print(f"\nload average (1 min) before {load_before[0]:.2f}, during mean {during['mean']} / max {during['max']}, "
           f"after {load_after[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     phase_total = sum(r["wall_s"] for r in phases)
-    rows = [*phases, {"phase": "phases total", "wall_s": round(phase_total, 1), "trials": sum(r["trials"] for r in phases),
-                      "epochs": sum(r["epochs"] for r in phases), "val_best": "-"},
+    rows = [*phases, {"phase": "phases total", "wall_s": round(phase_total, 1),
+                      "trials": sum(r["trials"] for r in phases), "epochs": sum(r["epochs"] for r in phases),
+                      "val_best": "-"},
             {"phase": "END TO END (subprocess)", "wall_s": round(wall, 1), "trials": "", "epochs": "", "val_best": "-"}]
     verdict = "within" if wall <= TARGET_S else "OVER"
-    env = environment(command="python bench/tune_default.py " + " ".join(sys.argv[1:]),
-                      experiment="search_spaces/default.yaml" + (" + smoke overrides" if args.smoke else ""),
+    env = environment(command="python -m bench.tune_default " + " ".join(sys.argv[1:]),
+                      experiment=f"search_spaces/{experiment}.yaml",
                       num_cpus=args.num_cpus, exit_code=rc, wall_s=round(wall, 1),
                       loadavg_before=[round(x, 2) for x in load_before],
                       loadavg_after=[round(x, 2) for x in load_after], loadavg_1min_during=during)
@@ -147,11 +144,8 @@ def main() -> int:
              f"trials got less than their CPU and the wall time is inflated by roughly load / CPUs.\n\n"
              f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n")
     save(name, "Default search service run, end to end (python -m i2m2_ray.tune)", env, rows, notes=notes,
-         columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out)
-    json_path = args.out / f"{name}.json"
-    payload = json.loads(json_path.read_text())
-    payload.update({"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
+         columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out,
+         payload={"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
     return 0 if rc == 0 else 1
 
 

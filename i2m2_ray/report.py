@@ -3,10 +3,11 @@ the missing-modality table (also for an unfinished experiment: it shows what has
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import polars as pl
+
+from i2m2_ray.cli import Parser, run_cli
 
 
 def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
@@ -20,35 +21,36 @@ def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m i2m2_ray.report", description=__doc__)
+    parser = Parser(prog="i2m2-report", description=__doc__)
     parser.add_argument("experiment_dir")
     parser.add_argument("--no-analysis", action="store_true", help="only the results table (no model loading)")
     ns = parser.parse_args(argv)
-    from i2m2_ray.errors import I2M2Error
+    return run_cli(lambda: _report(ns.experiment_dir, analysis=not ns.no_analysis))
 
-    try:
-        from i2m2_ray.tune.results import load_experiment_dir, render_markdown, results_table
 
-        exp, _ = load_experiment_dir(ns.experiment_dir)
-        table = results_table(ns.experiment_dir)
-        print(f"experiment {exp.name!r} ({ns.experiment_dir}): metric {exp.metric}, "
-              f"seeds {exp.final.seeds}\n")
-        print(render_markdown(table))
-        pending = table.filter(pl.col("status") != "done")["variant"].to_list()
-        if pending:
-            print(f"\nnot finished: {', '.join(pending)}")
-        if not ns.no_analysis:
-            from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
+def _report(exp_dir: str, analysis: bool) -> None:
+    from i2m2_ray.tune.results import load_experiment_dir, render_markdown, results_table
 
-            _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy)",
-                         dependency_table(ns.experiment_dir))
-            _print_frame(f"missing modality (I2M2 with one expert left out at test time; {exp.metric})",
-                         missing_modality_table(ns.experiment_dir, exp.metric))
-    except I2M2Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    exp, _ = load_experiment_dir(exp_dir)
+    table = results_table(exp_dir)
+    print(f"experiment {exp.name!r} ({exp_dir}): metric {exp.metric}, seeds {exp.final.seeds}\n")
+    print(render_markdown(table))
+    pending = table.filter(pl.col("status") != "done")["variant"].to_list()
+    if pending:
+        print(f"\nnot finished: {', '.join(pending)}")
+    if analysis:
+        from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
+
+        _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy)",
+                     dependency_table(exp_dir))
+        _print_frame(f"missing modality (I2M2 with one expert left out at test time; {exp.metric})",
+                     missing_modality_table(exp_dir, exp.metric))
+
+
+def entry() -> None:
+    """The ``i2m2-report`` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

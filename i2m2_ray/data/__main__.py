@@ -7,7 +7,7 @@
   prepare builtin      --out DIR
   validate DIR
 
-User errors print ``error: <one line>`` on stderr and exit 2.
+Errors print one line on stderr (see i2m2_ray/cli.py): exit 2 for bad input, 130 interrupted, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from i2m2_ray.errors import I2M2Error
+from i2m2_ray.cli import Parser, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m i2m2_ray.data", description=__doc__.splitlines()[0])
+    p = Parser(prog="i2m2-data", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="convert a source dataset into Parquet + manifest.json")
     kinds = prep.add_subparsers(dest="kind", required=True)
@@ -138,13 +138,13 @@ def _run(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        print(_run(args))
-    except I2M2Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: print(_run(args)), "interrupted: no half-written dataset is left; re-run the same command")
+
+
+def entry() -> None:
+    """The ``i2m2-data`` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -6,41 +6,37 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from i2m2_ray.errors import I2M2Error
+from i2m2_ray.cli import config_parser, parse_config_args, quiet_ray, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m i2m2_ray.train", description=__doc__)
-    parser.add_argument("args", nargs="*", help="an optional CONFIG.yaml, then key=value overrides")
-    ns = parser.parse_args(argv)
-    config = None
-    overrides = list(ns.args)
-    if overrides and "=" not in overrides[0]:
-        config = overrides.pop(0)
-    try:
+    parser = config_parser("i2m2-train", __doc__, "an optional CONFIG.yaml (default: i2m2_ray/configs/train.yaml)")
+    ns = parse_config_args(parser, argv)
+
+    def body() -> None:
+        quiet_ray()
         from i2m2_ray.cluster import init_ray
         from i2m2_ray.train import load_train_config
         from i2m2_ray.train.distributed import run_training, use_ray
 
-        cfg = load_train_config(config, overrides)
+        cfg = load_train_config(ns.config, ns.overrides)
         if use_ray(cfg):
             init_ray(quiet=True)
         result = run_training(cfg)
-    except I2M2Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: checkpoints so far are kept; re-run the same command to resume", file=sys.stderr)
-        return 130
-    shown = {k: v for k, v in result.items() if "/expert/" not in k and "auroc/" not in k}
-    print(json.dumps(shown, indent=2, default=float))
-    print(f"run directory: {cfg.run_dir} (model.pt, final.json, config.yaml, tensorboard/)")
-    return 0
+        shown = {k: v for k, v in result.items() if "/expert/" not in k and "auroc/" not in k}
+        print(json.dumps(shown, indent=2, default=float))
+        print(f"run directory: {cfg.run_dir} (model.pt, final.json, config.yaml, tensorboard/)")
+
+    return run_cli(body, "interrupted: checkpoints so far are kept; re-run the same command to resume")
+
+
+def entry() -> None:
+    """The ``i2m2-train`` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

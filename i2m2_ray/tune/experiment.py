@@ -14,11 +14,12 @@ from i2m2_ray.config import deep_merge, from_dict, load_yaml, parse_overrides, t
 from i2m2_ray.data.format import Manifest
 from i2m2_ray.errors import ConfigError
 from i2m2_ray.models.builder import check_buildable, parse_variant
+from i2m2_ray.resources import search_spaces_dir
 from i2m2_ray.train.config import METRICS, DatasetConfig, TrainConfig
 from i2m2_ray.tune.space import merge as merge_space
 from i2m2_ray.tune.space import normalize, spec_values, validate_space, with_values
 
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[2] / "search_spaces" / "default.yaml"
+DEFAULT_EXPERIMENT = search_spaces_dir() / "default.yaml"
 STAGE1_FAMILIES = ("unimodal", "inter")
 MINIMISED = ("loss", "ece")
 DEFAULT_SPACE = {"optim.lr": {"loguniform": [1e-3, 1e-1]}, "optim.weight_decay": {"loguniform": [1e-5, 1e-2]}}

@@ -16,16 +16,17 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bench(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def bench(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m bench.<name>`` from the repository root, as the README runs it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
 
 def test_dependency_regimes_smoke(tmp_path):
-    bench("dependency_regimes.py", "--smoke", "--out", str(tmp_path))
+    bench("dependency_regimes", "--smoke", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "dependency_regimes.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["bayes %"] == 67.2  # intra 0.5, inter 0.5, 4 classes
     assert {"intra %", "inter:lf %", "i2m2:lf %"} <= set(rows[0])
@@ -34,7 +35,7 @@ def test_dependency_regimes_smoke(tmp_path):
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fsdd").is_dir(),
                     reason="needs ../shared/data (MNIST + FSDD) or $I2M2_SHARED_DATA")
 def test_avmnist_table_smoke(tmp_path):
-    bench("avmnist_table.py", "--size", "smoke", "--out", str(tmp_path))
+    bench("avmnist_table", "--size", "smoke", "--out", str(tmp_path))
     sections = json.loads((tmp_path / "avmnist_k8-smoke.json").read_text())["sections"]
     table, ablation, missing, entropy, front = sections.values()
     assert [r["variant"] for r in table] == ["unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf",

@@ -1,4 +1,4 @@
-"""bench/gpu_throughput.py runs on a bare GPU box where only torch and numpy are installed.
+"""``python -m bench.gpu_throughput`` runs on a bare GPU box where only torch and numpy are installed.
 
 The script runs under ``python -S`` with a site directory holding ONLY torch, numpy and their
 declared requirements (symlinked from this venv): Ray, pyarrow, yaml, torchaudio and tensorboard
@@ -57,7 +57,7 @@ def test_gpu_bench_runs_with_torch_and_numpy_only(tmp_path):
     env["PYTHONPATH"] = str(site)
     check = subprocess.run([sys.executable, "-S", "-c", "import yaml"], capture_output=True, env=env)
     assert check.returncode != 0  # really absent
-    proc = subprocess.run([sys.executable, "-S", "bench/gpu_throughput.py", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-S", "-m", "bench.gpu_throughput", *args], capture_output=True, text=True,
                           timeout=600, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ours_samples_per_s" in proc.stdout and "plain_samples_per_s" in proc.stdout

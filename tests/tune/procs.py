@@ -17,13 +17,16 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-SMOKE_VARIANTS = ["unimodal:image", "unimodal:audio", "inter:lf", "i2m2:lf"]
-# The smallest experiment that still runs every phase (stage 1, stage 2 from stage-1 weights, final).
-SMOKE_OVERRIDES = [f"variants=[{','.join(SMOKE_VARIANTS)}]", "budget.trials=2", "budget.max_epochs=1",
-                   "budget.grace_period=1", "final.seeds=[0]", "dataset.builtin.train_size=200",
-                   "dataset.builtin.val_size=60", "dataset.builtin.test_size=60"]
+# The smallest experiment that still runs every phase (stage 1, stage 2 from stage-1 weights, final):
+# the shipped one that `python -m i2m2_ray.tune --smoke` runs.
+SMOKE_EXPERIMENT = REPO / "search_spaces" / "smoke.yaml"
+SMOKE_VARIANTS: list[str] = yaml.safe_load(SMOKE_EXPERIMENT.read_text())["variants"]
+# The leading arguments of `python -m i2m2_ray.tune` (or jobs/submit.sh) that run it; overrides may follow.
+SMOKE_OVERRIDES = [str(SMOKE_EXPERIMENT)]
 
 
 def free_port() -> int:

@@ -13,17 +13,16 @@ import torch
 from i2m2_ray.tune.experiment import load_experiment
 from i2m2_ray.tune.runner import run_experiment
 from i2m2_ray.tune.state import ExperimentState
+from tests.tune.procs import SMOKE_EXPERIMENT
 
 pytestmark = pytest.mark.slow
-SMOKE = ["variants=[unimodal:image,unimodal:audio,inter:lf,i2m2:lf]", "budget.trials=2", "budget.max_epochs=2",
-         "budget.grace_period=1", "final.seeds=[0,1]", "dataset.builtin.train_size=200",
-         "dataset.builtin.val_size=60", "dataset.builtin.test_size=60"]
+SMOKE = ["final.seeds=[0,1]"]  # two seeds, so the table has a spread
 
 
 @pytest.fixture(scope="module")
 def smoke(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "exp"
-    table = run_experiment(load_experiment(None, [f"output_dir={out}", *SMOKE]))
+    table = run_experiment(load_experiment(SMOKE_EXPERIMENT, [f"output_dir={out}", *SMOKE]))
     return out, table
 
 
@@ -96,7 +95,7 @@ def test_report_reprints_table_and_analyses(smoke):
 def test_rerun_on_a_finished_experiment_runs_nothing(smoke, capsys):
     out, table = smoke
     before = json.loads((out / "state.json").read_text())
-    again = run_experiment(load_experiment(None, [f"output_dir={out}", *SMOKE]))
+    again = run_experiment(load_experiment(SMOKE_EXPERIMENT, [f"output_dir={out}", *SMOKE]))
     assert "already finished" in capsys.readouterr().out
     assert json.loads((out / "state.json").read_text()) == before
     assert again.equals(table)
@@ -105,9 +104,8 @@ def test_rerun_on_a_finished_experiment_runs_nothing(smoke, capsys):
 def test_relative_dataset_path_means_the_callers_directory(ray_local, small_dataset, tmp_path, monkeypatch):
     """Tune runs trials in their own directories: a relative dataset.path must still find the data."""
     monkeypatch.chdir(small_dataset.parent)
-    exp = load_experiment(None, [f"output_dir={tmp_path / 'exp'}", f"dataset.path={small_dataset.name}",
-                                 "variants=[unimodal:image]", "budget.trials=1", "budget.max_epochs=1",
-                                 "budget.grace_period=1", "final.seeds=[0]"])
+    exp = load_experiment(SMOKE_EXPERIMENT, [f"output_dir={tmp_path / 'exp'}", f"dataset.path={small_dataset.name}",
+                                             "variants=[unimodal:image]", "budget.trials=1"])
     assert exp.dataset.path == str(small_dataset.resolve())
     table = run_experiment(exp)
     assert table["status"].to_list() == ["done"]
