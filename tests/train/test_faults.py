@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -158,9 +159,10 @@ def test_second_training_on_one_run_dir_fails_and_first_finishes(tmp_path, cache
         while not (run / "checkpoints" / "epoch_001" / "state.pt").is_file():
             assert first.poll() is None and time.time() < deadline, "first run never wrote a checkpoint"
             time.sleep(0.1)
+        first.send_signal(signal.SIGSTOP)  # paused mid-run, lock held: no race with the second's start-up
         config_before = (run / "config.yaml").read_bytes()
         second = cli(run, cache, "epochs=25")
-        assert first.poll() is None, "first run ended before the second tried: raise its epochs"
+        first.send_signal(signal.SIGCONT)
         assert error_line(second) == (f"{run}: another training run is in progress there (pid {first.pid}); "
                                       "wait for it to finish or use another directory")
         out, err = first.communicate(timeout=600)
