@@ -195,7 +195,8 @@ def _iter_volume(path: Path, chunk: int = 16) -> Iterator[tuple[int, np.ndarray,
                 k = ds[s0 : s0 + chunk]
                 bad = ~np.isfinite(k.reshape(len(k), -1)).all(axis=1)
                 if bad.any():
-                    raise DataError(f"{path}: dataset 'kspace' slice {s0 + int(np.flatnonzero(bad)[0])}: NaN or inf values")
+                    first = s0 + int(np.flatnonzero(bad)[0])
+                    raise DataError(f"{path}: dataset 'kspace' slice {first}: NaN or inf values")
                 yield s0, k, coils, acq
     except OSError as exc:
         raise DataError(f"{path}: unreadable HDF5 ({str(exc).splitlines()[0]})") from None

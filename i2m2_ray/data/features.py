@@ -38,7 +38,8 @@ def _vectors(path: Path, table: pa.Table, column: str) -> np.ndarray:
         bad = lengths != lengths[0]
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{path}: column {column!r} row {row}: length {int(lengths[row])}, row 0 has {int(lengths[0])}")
+            raise DataError(f"{path}: column {column!r} row {row}: length {int(lengths[row])}, "
+                            f"row 0 has {int(lengths[0])}")
         arr = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), int(lengths[0]))
     else:
         raise DataError(f"{path}: column {column!r} is {col.type}, expected a vector (list or tensor)")
@@ -82,13 +83,15 @@ def prepare_features(source: str | Path, out_dir: str | Path, modalities: dict[s
         bad = (y < 0) | (y >= len(classes))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{source}: column {label_column!r} row {i}: label {int(y[i])} out of range 0..{len(classes) - 1}")
+            raise DataError(f"{source}: column {label_column!r} row {i}: label {int(y[i])} "
+                            f"out of range 0..{len(classes) - 1}")
         label_arr = pa.array(y.astype(np.int64))
     else:
         y = _vectors(source, table, label_column)
         classes = classes or [f"label_{i}" for i in range(y.shape[1])]
         if y.shape[1] != len(classes):
-            raise DataError(f"{source}: column {label_column!r} has {y.shape[1]} labels, --classes lists {len(classes)}")
+            raise DataError(f"{source}: column {label_column!r} has {y.shape[1]} labels, "
+                            f"--classes lists {len(classes)}")
         bad = ((y != 0) & (y != 1)).any(axis=1)
         if bad.any():
             raise DataError(f"{source}: column {label_column!r} row {int(np.flatnonzero(bad)[0])}: not a 0/1 vector")

@@ -124,7 +124,8 @@ def iterate_batches(
         if shuffle or world_size > 1:
             yield {k: v[idx] for k, v in data.inputs.items()}, data.labels[idx]
         else:
-            yield {k: v[start : start + batch_size] for k, v in data.inputs.items()}, data.labels[start : start + batch_size]
+            end = start + batch_size
+            yield {k: v[start:end] for k, v in data.inputs.items()}, data.labels[start:end]
 
 
 class InMemoryData:

@@ -17,7 +17,8 @@ Modes (costs measured on a 2-CPU machine):
 uncompressed size of the needed columns is at most ``memory_fraction`` (0.5) of the object store
 (the cluster's ``object_store_memory`` when Ray is up, else 30 % of RAM, Ray's default store size),
 else "stream". E.g. with the 7.3 GB default store of a 24 GB machine, the full AV-MNIST train split
-(55k rows, ~2.9 GB) is materialized, the full fastMRI single-coil knee train split (~28 GB) is streamed. Streaming while Train workers reserve every CPU is refused with a ``DataError``.
+(55k rows, ~2.9 GB) is materialized, the full fastMRI single-coil knee train split (~28 GB) is streamed.
+Streaming while Train workers reserve every CPU is refused with a ``DataError``.
 
 In a Ray Train worker::
 
@@ -135,7 +136,8 @@ def collate(table: pa.Table, manifest: Manifest, modalities: list[str] | None = 
 
 def iter_torch_batches(source: ray.data.Dataset | ray.data.DataIterator, manifest: Manifest, batch_size: int, *,
                        shuffle: bool = False, seed: int = 0, epoch: int = 0, modalities: list[str] | None = None,
-                       drop_last: bool = False, shuffle_buffer: int | None = None, prefetch_batches: int = 1) -> Iterator[Batch]:
+                       drop_last: bool = False, shuffle_buffer: int | None = None,
+                       prefetch_batches: int = 1) -> Iterator[Batch]:
     """Yield (inputs, labels) from a Ray Dataset or a Train shard (``get_dataset_shard``).
 
     Shuffling: block order randomised per (seed, epoch) when ``source`` is a Dataset, plus a local

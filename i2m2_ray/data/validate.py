@@ -45,7 +45,8 @@ def _check_modality_type(path: Path, name: str, spec: ModalitySpec, typ: pa.Data
         if not (pa.types.is_list(typ) or pa.types.is_large_list(typ)) or typ.value_type != pa.int16():
             raise DataError(f"{path}: column {col!r} (modality {name!r}) is {typ}, expected list<int16>")
         if len(spec.shape) != 1 or spec.shape[0] < 1:
-            raise DataError(f"{manifest_path}: modality {name!r} waveform shape must be [max_samples], got {spec.shape}")
+            raise DataError(f"{manifest_path}: modality {name!r} waveform shape must be [max_samples], "
+                            f"got {spec.shape}")
         return
     if not isinstance(typ, pa.FixedShapeTensorType):
         raise DataError(f"{path}: column {col!r} (modality {name!r}) is {typ}, expected a fixed_shape_tensor")
@@ -97,7 +98,7 @@ def _first(mask: np.ndarray) -> int:
 
 def _scan_batch(path: Path, batch: pa.RecordBatch, offset: int, manifest: Manifest) -> None:
     """Data checks on one record batch; ``offset`` turns batch rows into file rows."""
-    for name, spec in manifest.modalities.items():
+    for spec in manifest.modalities.values():
         col = batch.column(spec.column)
         if col.null_count:
             row = offset + _first(col.is_null().to_numpy(zero_copy_only=False))

@@ -37,7 +37,8 @@ class BudgetConfig:
         if self.trials < 1 or self.max_epochs < 1:
             raise ConfigError(f"{where}: trials and max_epochs must be >= 1")
         if not 1 <= self.grace_period <= self.max_epochs:
-            raise ConfigError(f"{where}.grace_period: must be in [1, max_epochs={self.max_epochs}], got {self.grace_period}")
+            raise ConfigError(f"{where}.grace_period: must be in [1, max_epochs={self.max_epochs}], "
+                              f"got {self.grace_period}")
         if self.reduction_factor < 2:
             raise ConfigError(f"{where}.reduction_factor: must be >= 2, got {self.reduction_factor}")
         if self.concurrency is not None and self.concurrency < 1:

@@ -93,7 +93,8 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
             mean, std = _mean_std(tests)
             row.update({f"test_{m}_mean": mean, f"test_{m}_std": std, "seeds": len(tests),
                         "epochs": row["epochs"] + sum(r["final"].get("epochs_run", 0) for r in final["runs"]),
-                        "wall_s": row["wall_s"] + final["wall_s"] * len(final["runs"]) / max(len(final_phase["runs"]), 1),
+                        "wall_s": row["wall_s"]
+                        + final["wall_s"] * len(final["runs"]) / max(len(final_phase["runs"]), 1),
                         "status": "done"})
         rows.append(row)
     schema = {"variant": pl.Utf8, "stage": pl.Int64, f"val_{m}": pl.Float64, f"test_{m}_mean": pl.Float64,

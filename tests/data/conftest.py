@@ -97,7 +97,8 @@ def fastmri_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fastmri_dataset(fastmri_source: Path, knee_csvs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fastmri_dataset(fastmri_source: Path, knee_csvs: tuple[Path, Path],
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
     from i2m2_ray.data.fastmri import prepare_fastmri
 
     out = tmp_path_factory.mktemp("fastmri_out") / "knee"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time

@@ -87,7 +87,8 @@ def test_second_driver_on_the_same_experiment_is_refused(tmp_path):
         proc = tune_cli(f"output_dir={out}", "variants=[unimodal:image]")
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and f"another run of this experiment is in progress there (pid {os.getpid()})" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert f"another run of this experiment is in progress there (pid {os.getpid()})" in lines[0], lines
     assert not (out / EXPERIMENT_FILE).exists()  # refused before writing anything
     with experiment_lock(out):  # released when its holder is done
         pass

@@ -19,8 +19,21 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.tune.procs import (REPO, SMOKE_OVERRIDES, SMOKE_VARIANTS, VENV_BIN, child_env, free_ports, http_answers,
-                              kill_group, kill_pids, pids_mentioning, start_group, tail, wait_until)
+from tests.tune.procs import (
+    REPO,
+    SMOKE_OVERRIDES,
+    SMOKE_VARIANTS,
+    VENV_BIN,
+    child_env,
+    free_ports,
+    http_answers,
+    kill_group,
+    kill_pids,
+    pids_mentioning,
+    start_group,
+    tail,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -109,7 +109,8 @@ def test_a_deterministic_trial_error_is_not_retried(ray_local, tmp_path, capsys)
                                  "budget.trials=2", *SMALL])
     with pytest.raises(I2M2Error) as info:
         search_variant(exp, "intra", missing, ExperimentState(tmp_path), resume=True)
-    assert str(info.value) == f"search-intra: every trial failed (first: error: {missing['image']}: state dict not found)"
+    assert str(info.value) == (f"search-intra: every trial failed (first: error: {missing['image']}: "
+                               "state dict not found)")
     printed = capsys.readouterr().out
     assert printed.count("[intra] trial ") == 2 and printed.count("state dict not found") == 2, printed
     attempts = [json.loads(line) for p in (tmp_path / "search-intra").glob("trial_*/result.json")

@@ -20,7 +20,8 @@ MODEL_KEYS = "encoders, frontend, hidden, inter_channels, lrtf_out, lrtf_rank, m
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("search.model.hiden={choice: [16, 32]}", f"search.model.hiden: not a training-config key (model has: {MODEL_KEYS})"),
+    ("search.model.hiden={choice: [16, 32]}",
+     f"search.model.hiden: not a training-config key (model has: {MODEL_KEYS})"),
     ("search.optim.lr.x={uniform: [0, 1]}", "search.optim.lr.x: not a training-config key (optim.lr is a value, "
                                             "not a section)"),
     ("search.seed={int: [0, 3]}", "search.seed: set by the experiment for every trial, not searchable"),

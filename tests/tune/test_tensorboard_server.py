@@ -17,8 +17,18 @@ from typing import Any
 
 import pytest
 
-from tests.tune.procs import (SMOKE_OVERRIDES, SMOKE_VARIANTS, VENV_BIN, child_env, free_port, http_answers,
-                              kill_group, start_group, tail, wait_until)
+from tests.tune.procs import (
+    SMOKE_OVERRIDES,
+    SMOKE_VARIANTS,
+    VENV_BIN,
+    child_env,
+    free_port,
+    http_answers,
+    kill_group,
+    start_group,
+    tail,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +57,8 @@ def experiment_dir(tmp_path_factory) -> Path:
 
 def trial_params(exp_dir: Path) -> dict[str, dict[str, Any]]:
     """Run name as TensorBoard shows it (trial dir relative to the logdir) -> the config Tune saved."""
-    return {str(p.parent.relative_to(exp_dir)): json.loads(p.read_text()) for p in sorted(exp_dir.glob("*/*/params.json"))}
+    return {str(p.parent.relative_to(exp_dir)): json.loads(p.read_text())
+            for p in sorted(exp_dir.glob("*/*/params.json"))}
 
 
 def searched(params: dict[str, Any]) -> dict[str, float]:
