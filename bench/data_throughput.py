@@ -105,8 +105,9 @@ def bench_dataset(name: str, root: Path, split: str = "train") -> list[dict]:
 
 
 def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
-    from i2m2_ray.data.avmnist import AVMNISTRawConfig, prepare_avmnist, prepare_avmnist_raw
+    from i2m2_ray.data.avmnist import AVMNISTRawConfig, prepare_avmnist_raw
     from i2m2_ray.data.fastmri import FastMRIConfig, prepare_fastmri
+    from i2m2_ray.data.multibench import prepare_avmnist
     from i2m2_ray.data.synthetic import SyntheticConfig, generate
 
     shared = SHARED_DATA

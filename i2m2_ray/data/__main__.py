@@ -95,7 +95,7 @@ def _run(args: argparse.Namespace) -> str:
         return f"ok: {args.dir} ({m.name}, {m.task}, {len(m.modalities)} modalities; {rows})"
     progress = not args.quiet
     if args.kind == "avmnist":
-        from i2m2_ray.data.avmnist import prepare_avmnist
+        from i2m2_ray.data.multibench import prepare_avmnist
 
         out = prepare_avmnist(args.source, args.out, val_size=args.val_size, overwrite=args.overwrite,
                               progress=progress)

@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 from i2m2_ray.config import check_fields
-from i2m2_ray.data.avmnist import RunningStats
 from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array
+from i2m2_ray.data.sources import RunningStats
 from i2m2_ray.data.writer import DatasetWriter, Progress, check_output
 from i2m2_ray.errors import ConfigError, DataError
 

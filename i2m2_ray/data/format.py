@@ -9,8 +9,6 @@ as shaped arrays); raw audio is ``list<int16>`` plus ``sample_rate`` and
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -171,39 +169,6 @@ def waveform_array(clips: list[np.ndarray]) -> pa.Array:
     import pyarrow as pa
 
     return pa.array([np.asarray(c, dtype=np.int16) for c in clips], type=pa.list_(pa.int16()))
-
-
-def write_dataset(
-    out_dir: str | Path,
-    manifest: Manifest,
-    tables: dict[str, pa.Table],
-    row_group_size: int = 256,
-    overwrite: bool = False,
-    exist_ok: bool = False,
-) -> Path:
-    """Write splits + manifest into a sibling temp dir, then rename: no half-written datasets."""
-    import pyarrow.parquet as pq
-
-    from i2m2_ray.data.writer import check_output, publish, writing
-
-    out_dir = Path(out_dir).expanduser()
-    check_output(out_dir, overwrite or exist_ok)
-    with writing(out_dir):
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        with writing(out_dir):
-            for split, table in tables.items():
-                fname = f"{split}.parquet"
-                meta = dict(table.schema.metadata or {})
-                meta[b"i2m2_ray.dataset"] = manifest.name.encode()
-                pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
-                manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
-            (tmp / MANIFEST).write_text(manifest.to_json())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return publish(tmp, out_dir, overwrite, exist_ok)
 
 
 def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[str] | None = None) -> pa.Table:

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from i2m2_ray.config import check_fields
-from i2m2_ray.data.format import Manifest, ModalitySpec, load_manifest, tensor_array, waveform_array, write_dataset
-from i2m2_ray.data.writer import check_output
+from i2m2_ray.data.format import Manifest, ModalitySpec, load_manifest, tensor_array, waveform_array
+from i2m2_ray.data.writer import check_output, write_dataset
 from i2m2_ray.errors import ConfigError, DataError
 
 GENERATOR_VERSION = 2  # bump when the output for a given config changes (it keys the dataset cache)

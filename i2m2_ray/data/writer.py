@@ -199,3 +199,32 @@ class DatasetWriter:
                  tb: TracebackType | None) -> None:
         if not self.committed:
             self.abort()
+
+
+def write_dataset(
+    out_dir: str | Path,
+    manifest: Manifest,
+    tables: dict[str, pa.Table],
+    row_group_size: int = 256,
+    overwrite: bool = False,
+    exist_ok: bool = False,
+) -> Path:
+    """Write splits + manifest into a sibling temp dir, then rename: no half-written datasets."""
+    out_dir = Path(out_dir).expanduser()
+    check_output(out_dir, overwrite or exist_ok)
+    with writing(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        with writing(out_dir):
+            for split, table in tables.items():
+                fname = f"{split}.parquet"
+                meta = dict(table.schema.metadata or {})
+                meta[b"i2m2_ray.dataset"] = manifest.name.encode()
+                pq.write_table(table.replace_schema_metadata(meta), tmp / fname, row_group_size=row_group_size)
+                manifest.splits[split] = SplitSpec(rows=table.num_rows, files=[fname])
+            (tmp / MANIFEST).write_text(manifest.to_json())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return publish(tmp, out_dir, overwrite, exist_ok)

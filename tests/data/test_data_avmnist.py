@@ -11,14 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from i2m2_ray.data.avmnist import (
-    AVMNISTRawConfig,
-    coloured_noise,
-    power_spectrogram,
-    prepare_avmnist_raw,
-    read_idx,
-)
+from i2m2_ray.data.avmnist import AVMNISTRawConfig, prepare_avmnist_raw
 from i2m2_ray.data.memory import load_split
+from i2m2_ray.data.sources import coloured_noise, power_spectrogram, read_idx
 from i2m2_ray.data.validate import validate_dataset
 
 from .conftest import REPO
@@ -63,7 +58,7 @@ def test_multibench_float16_and_28x28(tmp_path):
     root = tmp_path / "mb"
     arrays = write_multibench(root, n_train=30, n_test=5, dtype=np.float16)
     np.save(root / "image" / "train_data.npy", arrays["train"][1].reshape(30, 28, 28))
-    from i2m2_ray.data.avmnist import prepare_avmnist
+    from i2m2_ray.data.multibench import prepare_avmnist
 
     out = prepare_avmnist(root, tmp_path / "ds", val_size=5)
     d = load_split(out, "val")

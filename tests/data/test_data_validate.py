@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from i2m2_ray.data.__main__ import main
-from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, write_dataset
+from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array
 from i2m2_ray.data.memory import load_split
+from i2m2_ray.data.writer import write_dataset
 from i2m2_ray.errors import DataError
 
 from .test_data_avmnist import write_multibench

@@ -53,7 +53,8 @@ def features_dataset(tmp_path_factory) -> Path:
     """Two feature-vector modalities (MLP experts: no BatchNorm), labels from both."""
     import pyarrow as pa
 
-    from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array, write_dataset
+    from i2m2_ray.data.format import Manifest, ModalitySpec, tensor_array
+    from i2m2_ray.data.writer import write_dataset
 
     rng = np.random.default_rng(0)
     w_a, w_b = rng.standard_normal((16, 4)), rng.standard_normal((8, 4))
