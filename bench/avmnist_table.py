@@ -7,7 +7,7 @@ Everything runs through the commands a user types, so the numbers are the servic
    the normalised log-spectrogram front end, one fixed configuration, 4 epochs;
 3. ``python -m i2m2_ray.tune search_spaces/avmnist.yaml`` with all seven variants (lr and weight decay
    searched per variant, final runs over 3 seeds on the test split);
-4. the same budget for I2M2 LF with ``final.from_scratch=true`` (the ablation);
+4. the same budget for I2M2 LF with ``stage2.from_scratch=true`` (the ablation);
 5. the analyses of ``python -m i2m2_ray.report`` on the main experiment's final models.
 Experiments are resumable: a re-run reuses finished phases (delete --work to start over).
 
@@ -172,7 +172,7 @@ def main() -> int:
     tune = [sys.executable, "-m", "i2m2_ray.tune", "avmnist", *experiment_overrides(data_dir, size), *args.set,
             "--num-cpus", str(args.num_cpus)]
     run([*tune, "variants=[" + ",".join(VARIANTS) + "]", f"output_dir={main_dir}"], log=work / f"{main_dir.name}.log")
-    run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "final.from_scratch=true",
+    run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "stage2.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")
 
     from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
