@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit the search service to a Ray cluster as a Ray job, follow its logs, say where the results are.
 #
-#   jobs/submit.sh ADDRESS [EXPERIMENT.yaml] [key=value ...]
+#   jobs/submit.sh ADDRESS [EXPERIMENT.yaml | shipped name | --smoke] [key=value ...]
 #   e.g. jobs/submit.sh http://127.0.0.1:8265 search_spaces/default.yaml budget.trials=4
 #
 # ADDRESS is the head's dashboard (http://HOST:8265 by default; a bare HOST:PORT gets http://).
@@ -40,6 +40,9 @@ experiment="default"
 if [[ $# -ge 1 && "$1" != *=* ]]; then
     file="$1"
     shift
+    # A shipped experiment by name (default, smoke, avmnist, ...; --smoke is smoke), as the tune CLI takes it.
+    [[ "$file" == --smoke ]] && file=smoke
+    [[ ! -f "$file" && "$file" != */* && -f "$repo/search_spaces/${file%.yaml}.yaml" ]] && file="$repo/search_spaces/${file%.yaml}.yaml"
     [[ -f "$file" ]] || { echo "error: experiment file $file not found" >&2; exit 2; }
     abs="$(cd "$(dirname "$file")" && pwd)/$(basename "$file")"
     # The file travels with the code (working_dir), so it must live inside the repository.
