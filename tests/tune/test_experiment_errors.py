@@ -39,7 +39,8 @@ def tune_cli(*args: str) -> subprocess.CompletedProcess:
     (["search.model.hidden={choice: [16, 32]}"], "search.model.hidden: intra starts from the stage-1 weights of "
                                                  "unimodal:image, unimodal:audio, so their model keys cannot be "
                                                  "searched (set stage2.from_scratch=true to search them)"),
-    (["train.model.lrtf_rank=-1"], "variant 'inter:lrtf': cannot be built for dataset 'builtin'"),
+    (["train.model.lrtf_rank=-1"], "model.lrtf_rank: must be in [1, 4096], got -1"),
+    (["variants=[unimodal:image,inter:early]"], "variant 'inter:early': "),
     (["train.optim.lrr=1"], "unknown config key 'optim.lrr'"),
     (["train.epochs=3"], "train.epochs: set by the experiment"),
     (["budget.grace_period=20"], "budget.grace_period: must be in [1, max_epochs=8]"),

@@ -39,7 +39,7 @@ MODEL_KEYS = "encoders, frontend, hidden, inter_channels, lrtf_out, lrtf_rank, m
     ("search.model.hidden={choice: [16], uniform: [1, 2]}", "search.model.hidden: give exactly one of loguniform, "
      "uniform, int, choice (int may add log: true), got {'choice': [16], 'uniform': [1, 2]}"),
     ("search.optim.batch_size={choice: [40, 0]}", "search.optim.batch_size: 0 gives an invalid training config "
-                                                  "(optim.batch_size: must be >= 1, got 0)"),
+                                                  "(optim.batch_size: must be in [1, 2147483647], got 0)"),
     ("search.optim.name={choice: [sgd, adam]}", "search.optim.name: 'adam' gives an invalid training config "
                                                 "(optim.name: unknown optimizer 'adam' (sgd, adamw))"),
     ("search.model.hidden=64", "search.model.hidden: expected a distribution such as {loguniform: [0.001, 0.1]}, "
