@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def _final_phase(exp: ExperimentConfig, name: str, what: str, runs: list[dict[st
 
 
 def _runs(exp: ExperimentConfig, variants: list[str], best: dict[str, dict[str, Any]],
-          init: Any = None) -> list[dict[str, Any]]:
+          init: Callable[[str, int], dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """One grid entry per (variant, seed); ``init(variant, seed)`` gives the run's init mapping."""
     return [{"variant": v, "base": exp.trial_base(v, init(v, seed) if init else {}),
              **row_params(best[v]["best"]), "seed": seed}
