@@ -105,7 +105,7 @@ def per_seed(exp_dir: Path) -> dict[str, list[float]]:
     from i2m2_ray.tune.state import ExperimentState
 
     out: dict[str, list[float]] = {}
-    for r in sorted(ExperimentState(exp_dir).phase("final")["runs"], key=lambda r: r["seed"]):
+    for r in sorted(ExperimentState(exp_dir).final_runs(), key=lambda r: r["seed"]):
         out.setdefault(r["variant"], []).append(100 * r["final"]["test/accuracy"])
     return out
 

@@ -60,8 +60,8 @@ def label_entropy(labels: np.ndarray) -> float:
 
 
 def _final_runs(exp_dir: Path) -> list[dict[str, Any]]:
-    final = ExperimentState(exp_dir).phase("final")
-    return [] if final is None else [r for r in final["runs"] if r["error"] is None and r["final"]]
+    """Finished final runs of both final phases (stage 1 and stage 2)."""
+    return [r for r in ExperimentState(exp_dir).final_runs() if r["error"] is None and r["final"]]
 
 
 def dependency_table(exp_dir: str | Path) -> pl.DataFrame | None:

@@ -64,6 +64,10 @@ class Stage2Config:
 @dataclass
 class FinalConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # false: seed s of intra / I2M2 starts from the seed-s stage-1 final models (the spread covers the
+    # whole chain); true: every seed from the best search trials, which isolates the variance of the
+    # stage-2 training itself (data order, its own seed) from the stage-1 variance.
+    shared_init: bool = False
 
     def validate(self, where: str = "final") -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

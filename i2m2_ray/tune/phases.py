@@ -1,8 +1,10 @@
 """The experiment's phases: one variant's search, and the final seed runs of every winner.
 
 Each phase is one Ray Tune run in its own directory under the experiment directory:
-``search-<variant>`` (OptunaSearch with a seeded TPE sampler + ASHA) and ``final``
-(each best configuration retrained with every seed, evaluated on the test split).
+``search-<variant>`` (OptunaSearch with a seeded TPE sampler + ASHA), ``final`` (each stage-1
+best configuration retrained with every seed, evaluated on the test split) and ``final-stage2``
+(the same for intra / I2M2, seed s initialised from the seed-s ``final`` models, so a seed's
+spread covers the whole stage-1 -> stage-2 chain).
 A finished phase is recorded in ``state.json`` and never re-run; an unfinished one is
 restored with ``Tuner.restore`` (finished trials kept, Optuna's state restored).
 """
@@ -13,10 +15,12 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from i2m2_ray.errors import I2M2Error
+from i2m2_ray.models.builder import stage1_variants
 from i2m2_ray.train.loop import MODEL_FILE, RESULT_FILE
 from i2m2_ray.tune.experiment import ExperimentConfig
 from i2m2_ray.tune.service import (
@@ -26,7 +30,7 @@ from i2m2_ray.tune.service import (
     trial_param_space,
 )
 from i2m2_ray.tune.space import searched_values
-from i2m2_ray.tune.state import ExperimentState, read_json, row_params, slug
+from i2m2_ray.tune.state import FINAL, FINAL_STAGE2, ExperimentState, read_json, row_params, slug
 
 
 class Interrupted(I2M2Error):
@@ -115,29 +119,107 @@ def search_variant(exp: ExperimentConfig, variant: str, init: dict[str, str], st
     return payload
 
 
-def final_runs(exp: ExperimentConfig, best: dict[str, dict[str, Any]], inits: dict[str, dict[str, str]],
-               state: ExperimentState, resume: bool) -> dict[str, Any]:
-    """Retrain every variant's best configuration once per seed, all in one Tune run (one start-up cost).
+def _final_phase(exp: ExperimentConfig, name: str, what: str, runs: list[dict[str, Any]], state: ExperimentState,
+                 resume: bool, **extra: Any) -> dict[str, Any] | None:
+    """Retrain the given (variant, seed) runs in one Tune run (one start-up cost); ``None`` when there are none.
 
     Each run carries the best trial's value of every searched path; its test metrics come from the
     ``final.json`` its training loop writes.
     """
     from ray import tune
 
-    name = "final"
     done = state.phase(name)
     if done:
-        print("  final runs already finished, skipping", flush=True)
+        print(f"  {what} already finished, skipping", flush=True)
         return done
-    runs = [{"variant": variant, "base": exp.trial_base(variant, inits[variant]),
-             **row_params(best[variant]["best"]), "seed": seed}
-            for variant in exp.variants for seed in exp.final.seeds]
+    if not runs:
+        return None
     t0 = time.time()
     grid = run_phase(exp, name, "final", {"run": tune.grid_search(runs)}, search=False, resume=resume)
     rows = trial_rows(grid, metric_key(exp))
     failed = [r for r in rows if r["error"] is not None or not r["final"]]
     if failed:
         raise I2M2Error(f"{name}: {len(failed)} final run(s) failed ({failed[0]['error']})")
-    payload = {"runs": rows, "wall_s": time.time() - t0}
+    payload = {"runs": rows, "wall_s": time.time() - t0, **extra}
     state.record(name, payload)
     return payload
+
+
+def _runs(exp: ExperimentConfig, variants: list[str], best: dict[str, dict[str, Any]],
+          init: Callable[[str, int], dict[str, str]] | None = None) -> list[dict[str, Any]]:
+    """One grid entry per (variant, seed); ``init(variant, seed)`` gives the run's init mapping."""
+    return [{"variant": v, "base": exp.trial_base(v, init(v, seed) if init else {}),
+             **row_params(best[v]["best"]), "seed": seed}
+            for v in variants for seed in exp.final.seeds]
+
+
+def final_stage1(exp: ExperimentConfig, best: dict[str, dict[str, Any]], state: ExperimentState,
+                 resume: bool) -> dict[str, Any] | None:
+    """The ``final`` phase: every stage-1 winner (unimodal, inter) once per seed."""
+    return _final_phase(exp, FINAL, "final runs", _runs(exp, exp.stage1_variants(), best), state, resume)
+
+
+def _relative(path: str, exp_dir: Path) -> str:
+    """``path`` relative to the experiment directory when it lies inside it (experiments move; the ledger
+    should not pin them), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(exp_dir))
+    except ValueError:
+        return path
+
+
+def stage2_final_inits(exp: ExperimentConfig, modalities: list[str], search_inits: dict[str, dict[str, str]],
+                       stage1_runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, str]]]:
+    """variant -> str(seed) -> expert -> state dict, relative to the experiment directory where it can be.
+
+    Default: seed s's experts come from the ``model.pt`` of the stage-1 final runs of seed s.
+    ``final.shared_init``: every seed from the best search trials (``search_inits``, as stage-2 searched).
+    ``stage2.from_scratch``: nothing.
+    """
+    exp_dir = Path(exp.output_dir).resolve()
+    by_seed = {(r["variant"], r["seed"]): Path(r["trial_dir"]).name for r in stage1_runs}
+    out: dict[str, dict[str, dict[str, str]]] = {}
+    for v in exp.stage2_variants():
+        out[v] = {}
+        for seed in exp.final.seeds:
+            if exp.stage2.from_scratch:
+                init = {}
+            elif exp.final.shared_init:
+                init = {e: _relative(p, exp_dir) for e, p in search_inits[v].items()}
+            else:
+                init = {}
+                for expert, src in stage1_variants(v, modalities).items():
+                    if (src, seed) not in by_seed:
+                        raise I2M2Error(f"{FINAL_STAGE2}: {v} seed {seed} needs the {FINAL} run of {src} "
+                                        f"with seed {seed}, which {exp_dir / 'state.json'} does not list")
+                    init[expert] = f"{FINAL}/{by_seed[(src, seed)]}/{MODEL_FILE}"
+            out[v][str(seed)] = init
+    return out
+
+
+def final_stage2(exp: ExperimentConfig, best: dict[str, dict[str, Any]], modalities: list[str],
+                 search_inits: dict[str, dict[str, str]], state: ExperimentState,
+                 resume: bool) -> dict[str, Any] | None:
+    """The ``final-stage2`` phase: every intra / I2M2 winner once per seed, after ``final``.
+
+    An experiment an earlier version finished holds its stage-2 final runs in ``final`` (every seed
+    from the best search trials): those are kept, not re-run.
+    """
+    stage2 = exp.stage2_variants()
+    first = state.phase(FINAL)
+    if first and state.phase(FINAL_STAGE2) is None and any(r["variant"] in stage2 for r in first["runs"]):
+        print(f"  final runs of {', '.join(stage2)} already finished (an earlier version: every seed from the "
+              "best search trials), kept", flush=True)
+        return None
+    if not stage2:
+        return None
+    inits = stage2_final_inits(exp, modalities, search_inits, first["runs"] if first else [])
+    exp_dir = Path(exp.output_dir).resolve()
+
+    def absolute(variant: str, seed: int) -> dict[str, str]:
+        return {e: str(exp_dir / p) for e, p in inits[variant][str(seed)].items()}
+
+    how = ("scratch" if exp.stage2.from_scratch else "best search trials" if exp.final.shared_init
+           else "stage-1 final runs of the same seed")
+    return _final_phase(exp, FINAL_STAGE2, "final stage-2 runs", _runs(exp, stage2, best, absolute), state,
+                        resume, init=inits, init_from=how)

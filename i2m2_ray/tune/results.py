@@ -21,6 +21,8 @@ from i2m2_ray.tune.experiment import ExperimentConfig, experiment_from_dict
 from i2m2_ray.tune.space import column_name, field_type
 from i2m2_ray.tune.state import (
     EXPERIMENT_FILE,
+    FINAL,
+    FINAL_STAGE2,
     TABLE,
     ExperimentState,
     row_params,
@@ -62,6 +64,17 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def _final_runs(state: ExperimentState, variant: str) -> tuple[list[dict[str, Any]], float]:
+    """The variant's final runs and its share of their phase's wall time, from whichever final phase holds
+    them (``final`` or ``final-stage2``; an earlier version's single ``final`` held every variant)."""
+    for name in (FINAL, FINAL_STAGE2):
+        phase = state.phase(name)
+        runs = [r for r in (phase or {}).get("runs", []) if r["variant"] == variant]
+        if runs:
+            return runs, phase["wall_s"] * len(runs) / len(phase["runs"])
+    return [], 0.0
+
+
 def results_table(exp_dir: str | Path) -> pl.DataFrame:
     """Best validation metric, test mean and sample std over seeds, the best value of every searched path
     (``lr`` / ``weight_decay`` for the optimiser's, dotted names for the rest), trials, failed trials,
@@ -72,9 +85,7 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
     rows = []
     for variant in exp.variants:
         search = state.phase(f"search-{slug(variant)}")
-        final_phase = state.phase("final")
-        final = None if final_phase is None else {
-            "runs": [r for r in final_phase["runs"] if r["variant"] == variant], "wall_s": final_phase["wall_s"]}
+        runs, final_wall = _final_runs(state, variant)
         stage = 1 if variant.split(":")[0] in ("unimodal", "inter") else 2
         row: dict[str, Any] = {"variant": variant, "stage": stage, f"val_{m}": None,
                                f"test_{m}_mean": None, f"test_{m}_std": None, "seeds": 0,
@@ -88,14 +99,12 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
                         "failed": sum(t.get("error") is not None for t in search["trials"]),
                         "epochs": sum(t["epochs"] for t in search["trials"]),
                         "wall_s": search["wall_s"], "status": "searched"})
-        if final:
-            tests = [r["final"][f"test/{m}"] for r in final["runs"] if f"test/{m}" in r["final"]]
+        if runs:
+            tests = [r["final"][f"test/{m}"] for r in runs if f"test/{m}" in r["final"]]
             mean, std = _mean_std(tests)
             row.update({f"test_{m}_mean": mean, f"test_{m}_std": std, "seeds": len(tests),
-                        "epochs": row["epochs"] + sum(r["final"].get("epochs_run", 0) for r in final["runs"]),
-                        "wall_s": row["wall_s"]
-                        + final["wall_s"] * len(final["runs"]) / max(len(final_phase["runs"]), 1),
-                        "status": "done"})
+                        "epochs": row["epochs"] + sum(r["final"].get("epochs_run", 0) for r in runs),
+                        "wall_s": row["wall_s"] + final_wall, "status": "done"})
         rows.append(row)
     schema = {"variant": pl.Utf8, "stage": pl.Int64, f"val_{m}": pl.Float64, f"test_{m}_mean": pl.Float64,
               f"test_{m}_std": pl.Float64, "seeds": pl.Int64, **{c: dtype for c, (_, dtype) in searched.items()},

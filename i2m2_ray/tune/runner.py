@@ -1,5 +1,6 @@
-"""The experiment driver: stage 1 (unimodal, inter), stage 2 (intra, I2M2 from stage-1 weights), final seeds,
-then the results table. Validation happens before Ray starts; one driver per experiment directory."""
+"""The experiment driver: stage 1 (unimodal, inter), stage 2 (intra, I2M2 from stage-1 weights), final seeds
+(stage 1, then stage 2 from the same seed's stage-1 final models), then the results table. Validation happens
+before Ray starts; one driver per experiment directory."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from i2m2_ray.tune.experiment import (
     check_variants,
     experiment_from_dict,
 )
-from i2m2_ray.tune.phases import Interrupted, final_runs, search_variant
+from i2m2_ray.tune.phases import Interrupted, final_stage1, final_stage2, search_variant
 from i2m2_ray.tune.results import render_markdown, results_table, save_table
 from i2m2_ray.tune.service import init_ray
 from i2m2_ray.tune.state import (
@@ -117,7 +118,12 @@ def _run_locked(exp: ExperimentConfig, exp_dir: Path, root: Path, modalities: li
                 inits[v] = {expert: best[src]["model_path"] for expert, src in stage1_variants(v, modalities).items()}
             best[v] = search_variant(exp, v, inits[v], state, resume)
     banner(f"final: best configuration x seeds {exp.final.seeds}, test split")
-    final_runs(exp, best, inits, state, resume)
+    final_stage1(exp, best, state, resume)
+    if stage2:
+        how = ("from scratch" if exp.stage2.from_scratch else "every seed from the best search trials"
+               if exp.final.shared_init else "seed s from the stage-1 final models of seed s")
+        banner(f"final stage 2: {', '.join(stage2)} x seeds {exp.final.seeds} ({how})")
+        final_stage2(exp, best, modalities, inits, state, resume)
     table = results_table(exp_dir)
     paths = save_table(table, exp_dir)
     print(f"\n=== results ({time.time() - started:.0f} s) ===", flush=True)

@@ -18,6 +18,8 @@ from i2m2_ray.fsutil import atomic_write_json
 EXPERIMENT_FILE = "experiment.yaml"
 STATE = "state.json"
 TABLE = "results"
+# The final seed runs: stage-1 winners, then stage-2 winners (an earlier version put both in "final").
+FINAL, FINAL_STAGE2 = "final", "final-stage2"
 
 
 def read_json(path: Path) -> Any:
@@ -55,6 +57,10 @@ class ExperimentState:
 
     def phase(self, name: str) -> dict[str, Any] | None:
         return self.data["phases"].get(name)
+
+    def final_runs(self) -> list[dict[str, Any]]:
+        """Every recorded final run, of both final phases (also the single ``final`` of earlier versions)."""
+        return [r for name in (FINAL, FINAL_STAGE2) for r in (self.phase(name) or {}).get("runs", [])]
 
     def record(self, name: str, payload: dict[str, Any]) -> None:
         self.data["phases"][name] = payload

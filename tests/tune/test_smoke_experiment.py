@@ -47,17 +47,20 @@ def _expert_tensors(path: Path, expert: str) -> dict[str, torch.Tensor]:
 
 
 def test_stage2_trials_start_from_the_best_stage1_weights(smoke):
+    """Stage-2 search trials from the best stage-1 search trials; final seed s from the seed-s stage-1 finals."""
     out, _ = smoke
     state = ExperimentState(out)
-    sources = {"image": state.phase("search-unimodal-image")["model_path"],
-               "audio": state.phase("search-unimodal-audio")["model_path"],
-               "inter": state.phase("search-inter-lf")["model_path"]}
+    variants = {"image": "unimodal:image", "audio": "unimodal:audio", "inter": "inter:lf"}
+    best = {e: state.phase(f"search-{v.replace(':', '-')}")["model_path"] for e, v in variants.items()}
+    stage1_finals = {(r["variant"], r["seed"]): str(Path(r["trial_dir"]) / "model.pt")
+                     for r in state.phase("final")["runs"]}
     stage2 = state.phase("search-i2m2-lf")["trials"]
-    finals = [r for r in state.phase("final")["runs"] if r["variant"] == "i2m2:lf"]
+    finals = [r for r in state.phase("final-stage2")["runs"] if r["variant"] == "i2m2:lf"]
     assert len(stage2) == 2 and len(finals) == 2
     for trial in stage2 + finals:
         init = Path(trial["trial_dir"]) / "init.pt"
         assert init.is_file(), init
+        sources = best if trial in stage2 else {e: stage1_finals[(v, trial["seed"])] for e, v in variants.items()}
         for expert, source in sources.items():
             want = _expert_tensors(Path(source), expert)
             got = _expert_tensors(init, expert)
