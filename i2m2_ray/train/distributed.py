@@ -225,9 +225,8 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
 
     use_gpu = resolve_gpu(cfg, ray.cluster_resources().get("GPU", 0.0))
     check_placement(cfg, use_gpu)
-    from i2m2_ray.placement import worker_bundle
-
-    resources = worker_bundle(cfg, use_gpu)
+    # memory stays out of the workers' request: with it, a Tune trial's second worker group never placed
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     config = to_dict(cfg)
     config["run_dir"] = str(Path(cfg.run_dir).expanduser().resolve())
     if not use_gpu:

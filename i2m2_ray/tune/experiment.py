@@ -31,7 +31,7 @@ class BudgetConfig:
     max_epochs: int = 8
     grace_period: int = 2  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
-    concurrency: int | None = None  # trials at once; None = as many as the CPUs allow
+    concurrency: int | None = None  # trials at once; None = as many as the CPUs, GPUs and memory allow
 
     def validate(self, where: str = "budget") -> None:
         if self.trials < 1 or self.max_epochs < 1:

@@ -1,7 +1,8 @@
 """The service's building blocks, public so benches compose exactly what the runner runs.
 
-``init_ray`` -> ``trial_param_space`` -> ``build_tuner`` (seeded TPE from ``make_sampler``, ASHA, our
-callbacks, the trainable from ``make_trainable``) -> ``Tuner.fit()``. The runner (phases.py) uses
+``check_resources`` (starts Ray, refuses trials no node can place) -> ``trial_param_space`` ->
+``build_tuner`` (seeded TPE from ``make_sampler``, ASHA, our callbacks, the trainable from
+``make_trainable`` with its CPUs, GPUs and memory) -> ``Tuner.fit()``. The runner (phases.py) uses
 these same functions; nothing here knows about stages or the results table.
 """
 
