@@ -188,20 +188,15 @@ def resolve_gpu(cfg: TrainConfig, cluster_gpus: float) -> bool:
 
 
 def check_placement(cfg: TrainConfig, use_gpu: bool) -> None:
-    """Fail in seconds, in one line, when the cluster can never place the workers (Ray would wait)."""
-    import ray
+    """Fail in seconds, in one line, when the cluster can never place the workers (Ray would wait):
+    each worker's CPUs, GPU and memory on some node, and all of them on the cluster at once."""
+    from i2m2_ray.placement import GIB, alive_nodes, check_fits, worker_bundle
 
-    per_worker = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    needed = {k: v for k, v in per_worker.items() if v > 0}
-    placeable = sum(int(min(node.get(k, 0.0) / v for k, v in needed.items())) for node in nodes) \
-        if needed else cfg.workers
-    if placeable < cfg.workers:
-        total = ray.cluster_resources()
-        have = ", ".join(f"{total.get(k, 0):g} {k}" for k in per_worker)
-        need = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
-        raise ConfigError(f"workers={cfg.workers} x ({need}) cannot be placed: the Ray cluster has {have} "
-                          f"(fits {placeable} worker(s)); lower workers or cpus_per_worker")
+    worker = worker_bundle(cfg, use_gpu)
+    names = {"CPU": f"cpus_per_worker={cfg.cpus_per_worker:g}", "GPU": f"gpus_per_worker={cfg.gpus_per_worker:g}",
+             "memory": f"a worker's memory ({worker['memory'] / GIB:.1f} GiB, estimated from the dataset and the model)",
+             "workers": f"workers={cfg.workers}"}
+    check_fits([{}, *[worker] * cfg.workers], alive_nodes(), names, "lower workers or cpus_per_worker")
 
 
 def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -230,6 +225,7 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
 
     use_gpu = resolve_gpu(cfg, ray.cluster_resources().get("GPU", 0.0))
     check_placement(cfg, use_gpu)
+    # memory stays out of the workers' request: with it, a Tune trial's second worker group never placed
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
     config = to_dict(cfg)
     config["run_dir"] = str(Path(cfg.run_dir).expanduser().resolve())

@@ -31,7 +31,7 @@ class BudgetConfig:
     max_epochs: int = 8
     grace_period: int = 2  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
-    concurrency: int | None = None  # trials at once; None = as many as the CPUs allow
+    concurrency: int | None = None  # trials at once; None = as many as the CPUs, GPUs and memory allow
 
     def validate(self, where: str = "budget") -> None:
         if self.trials < 1 or self.max_epochs < 1:
@@ -50,10 +50,19 @@ class ResourcesConfig:
     cpus_per_trial: float = 1.0  # per in-process trial (its torch threads), or per Train worker
     workers: int = 1  # Ray Train workers per trial; 1 runs in-process (no worker-group start-up)
     gpus_per_worker: float = 0.0
+    # GiB a trial reserves (Ray's memory resource); null = estimated from the dataset and the model
+    memory_per_trial: float | None = None
+    # fail at once if no node can ever place a trial; false on autoscaling clusters (nodes come on demand)
+    check_placement: bool = True
 
     def validate(self, where: str = "resources") -> None:
         if self.cpus_per_trial <= 0 or self.workers < 1 or self.gpus_per_worker < 0:
             raise ConfigError(f"{where}: cpus_per_trial > 0, workers >= 1 and gpus_per_worker >= 0 required")
+        if self.memory_per_trial is not None and self.memory_per_trial <= 0:
+            raise ConfigError(f"{where}.memory_per_trial: must be > 0 (GiB) or null, got {self.memory_per_trial}")
+        if self.memory_per_trial is not None and self.workers > 1:
+            raise ConfigError(f"{where}.memory_per_trial: applies to in-process trials (workers=1); Ray Train "
+                              "workers reserve their own estimate")
 
 
 @dataclass

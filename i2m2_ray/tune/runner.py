@@ -21,7 +21,7 @@ from i2m2_ray.tune.experiment import (
 )
 from i2m2_ray.tune.phases import Interrupted, final_stage1, final_stage2, search_variant
 from i2m2_ray.tune.results import render_markdown, results_table, save_table
-from i2m2_ray.tune.service import init_ray
+from i2m2_ray.tune.service import check_resources, init_ray
 from i2m2_ray.tune.state import (
     EXPERIMENT_FILE,
     STATE,
@@ -75,6 +75,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | N
     manifest = load_manifest(root)
     modalities = model_modalities(manifest, exp.base_train_config().model)
     check_variants(exp, manifest, modalities)
+    check_resources(exp, num_cpus)  # starts Ray; a trial no node can place fails here, nothing written
     exp_dir.mkdir(parents=True, exist_ok=True)
     with experiment_lock(exp_dir):
         if not resume and (exp_dir / STATE).exists():

@@ -1,18 +1,26 @@
 """The service's building blocks, public so benches compose exactly what the runner runs.
 
-``init_ray`` -> ``trial_param_space`` -> ``build_tuner`` (seeded TPE from ``make_sampler``, ASHA, our
-callbacks, the trainable from ``make_trainable``) -> ``Tuner.fit()``. The runner (phases.py) uses
+``check_resources`` (starts Ray, refuses trials no node can place) -> ``trial_param_space`` ->
+``build_tuner`` (seeded TPE from ``make_sampler``, ASHA, our callbacks, the trainable from
+``make_trainable`` with its CPUs, GPUs and memory) -> ``Tuner.fit()``. The runner (phases.py) uses
 these same functions; nothing here knows about stages or the results table.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from i2m2_ray.config import from_dict, to_dict
+from i2m2_ray.placement import GIB, alive_nodes, check_fits, concurrent, estimate_memory, local_node
 from i2m2_ray.tune.experiment import ExperimentConfig
-from i2m2_ray.tune.space import tune_domain
+from i2m2_ray.tune.space import spec_values, tune_domain, with_values
+
+SKIP_CHECK = "set resources.check_placement=false on an autoscaling cluster"
+_MEMORY: dict[str, int] = {}  # experiment -> estimated bytes per trial (build_tuner asks once per phase)
 
 
 def metric_key(exp: ExperimentConfig) -> str:
@@ -58,30 +66,90 @@ def trial_param_space(exp: ExperimentConfig, variant: str, init: dict[str, str] 
     return space
 
 
+def trial_memory(exp: ExperimentConfig) -> int:
+    """Bytes a trial (each Train worker when workers > 1) reserves: ``resources.memory_per_trial``, or the
+    largest estimate over the variants and every searched model value (one number for the experiment)."""
+    if exp.resources.memory_per_trial is not None:
+        return int(exp.resources.memory_per_trial * GIB)
+    key = json.dumps(to_dict(exp), sort_keys=True, default=str)
+    if key not in _MEMORY:
+        _MEMORY[key] = _estimate_memory(exp)
+    return _MEMORY[key]
+
+
+def _estimate_memory(exp: ExperimentConfig) -> int:
+    from i2m2_ray.data.dataset import resolve_dataset
+    from i2m2_ray.data.format import load_manifest
+    from i2m2_ray.train.config import TrainConfig
+
+    manifest = load_manifest(resolve_dataset(exp.dataset))
+    base = exp.base_train_config()
+    splits = ("train", "val", "test") if base.data_mode == "memory" else ("val", "test")
+    most = 0
+    for variant in exp.variants:
+        models = [base.model]
+        for path, spec in exp.space_for(variant).items():
+            if path.startswith("model."):
+                models += [from_dict(TrainConfig, with_values(exp.trial_base(variant, {}), {path: v})).model
+                           for v in spec_values(spec)]
+        most = max(most, *(estimate_memory(manifest, m, variant, splits) for m in models))
+    return most
+
+
+def trial_bundles(exp: ExperimentConfig) -> list[dict[str, float]]:
+    """What one trial asks Ray for: one bundle in-process; with workers > 1 the driver's sliver of a CPU
+    (RAY.md: a whole CPU for the driver plus the workers never places on a small machine), then one
+    bundle per Train worker."""
+    r = exp.resources
+    worker = {"CPU": r.cpus_per_trial, "GPU": r.gpus_per_worker, "memory": float(trial_memory(exp))}
+    return [{"CPU": 0.01}, *[dict(worker) for _ in range(r.workers)]] if r.workers > 1 else [worker]
+
+
 def make_trainable(exp: ExperimentConfig):
-    """The trial function with its resources. In-process trials hold their CPUs (and GPU); a
-    multi-worker trial only drives its TorchTrainer, so it holds a sliver of a CPU and the workers
-    hold the rest (RAY.md: a whole CPU for the driver plus the workers never places on a small machine)."""
+    """The trial function with its resources. In-process trials hold their CPUs, GPU and memory; a
+    multi-worker trial only drives its TorchTrainer, whose workers hold the rest."""
     from ray import tune
 
     from i2m2_ray.tune.trainable import run_trial
 
-    r = exp.resources
-    if r.workers > 1:
-        return tune.with_resources(run_trial, {"cpu": 0.01})
-    return tune.with_resources(run_trial, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_worker})
+    bundle = trial_bundles(exp)[0]
+    return tune.with_resources(run_trial, {k.lower() if k != "memory" else k: v for k, v in bundle.items()})
 
 
 def concurrency(exp: ExperimentConfig) -> int:
-    """Trials at once: ``budget.concurrency``, or as many as the cluster's CPUs hold."""
+    """Trials at once: ``budget.concurrency``, or as many as the cluster's CPUs, GPUs and memory hold
+    (a multi-worker trial counted by its workers)."""
     import ray
 
     if exp.budget.concurrency:
         return exp.budget.concurrency
+    bundles = trial_bundles(exp)
+    return concurrent(bundles[1:] if exp.resources.workers > 1 else bundles, ray.cluster_resources())
+
+
+def check_resources(exp: ExperimentConfig, num_cpus: int | None = None) -> None:
+    """Start or join Ray, then refuse in one line a trial no node can ever place (Ray would wait forever,
+    silently). ``resources.check_placement=false`` skips it: an autoscaling cluster adds nodes on demand.
+    A local cluster is checked against this machine first: a busy machine takes 30 s to start Ray."""
+    check = exp.resources.check_placement
+    ray = sys.modules.get("ray")
+    if check and os.environ.get("RAY_ADDRESS", "local") in ("", "local") and not (ray and ray.is_initialized()):
+        check_fits(trial_bundles(exp), [local_node(num_cpus)], _names(exp), SKIP_CHECK)
+    init_ray(num_cpus)
+    if check:
+        check_fits(trial_bundles(exp), alive_nodes(), _names(exp), SKIP_CHECK)
+
+
+def _names(exp: ExperimentConfig) -> dict[str, str]:
+    """Each resource a trial asks for, as the setting that asked for it."""
     r = exp.resources
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_trial = r.cpus_per_trial * r.workers if r.workers > 1 else r.cpus_per_trial
-    return max(1, int(cpus // per_trial))
+    memory = trial_memory(exp)
+    who = "a Train worker" if r.workers > 1 else "a trial"
+    return {"CPU": f"resources.cpus_per_trial={r.cpus_per_trial:g}",
+            "GPU": f"resources.gpus_per_worker={r.gpus_per_worker:g}",
+            "memory": (f"resources.memory_per_trial={r.memory_per_trial:g}" if r.memory_per_trial is not None else
+                       f"{who}'s memory ({memory / GIB:.1f} GiB, estimated from the dataset and the model)"),
+            "workers": f"resources.workers={r.workers}"}
 
 
 def trial_dirname(trial) -> str:
