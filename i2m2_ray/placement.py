@@ -117,7 +117,7 @@ def _placeable(worker: dict[str, float], nodes: list[dict[str, float]], driver: 
     if not driver:
         return total
     best = 0
-    for i, node in enumerate(nodes):
+    for node in nodes:
         if fits(driver, node) < 1:
             continue
         left = {k: node.get(k, 0.0) - driver.get(k, 0.0) for k in node}

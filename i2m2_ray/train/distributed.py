@@ -194,7 +194,8 @@ def check_placement(cfg: TrainConfig, use_gpu: bool) -> None:
 
     worker = worker_bundle(cfg, use_gpu)
     names = {"CPU": f"cpus_per_worker={cfg.cpus_per_worker:g}", "GPU": f"gpus_per_worker={cfg.gpus_per_worker:g}",
-             "memory": f"a worker's memory ({worker['memory'] / GIB:.1f} GiB, estimated from the dataset and the model)",
+             "memory": f"a worker's memory ({worker['memory'] / GIB:.1f} GiB, "
+                       "estimated from the dataset and the model)",
              "workers": f"workers={cfg.workers}"}
     check_fits([{}, *[worker] * cfg.workers], alive_nodes(), names, "lower workers or cpus_per_worker")
 
