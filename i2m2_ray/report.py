@@ -24,8 +24,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="i2m2-report", description=__doc__)
     parser.add_argument("experiment_dir")
     parser.add_argument("--no-analysis", action="store_true", help="only the results table (no model loading)")
+    parser.add_argument("--trials", action="store_true",
+                        help="instead, one row per finished trial of every phase (params, outcome, Ray node)")
     ns = parser.parse_args(argv)
+    if ns.trials:
+        return run_cli(lambda: _print_trials(ns.experiment_dir))
     return run_cli(lambda: _report(ns.experiment_dir, analysis=not ns.no_analysis))
+
+
+def trials_table(exp_dir: str) -> pl.DataFrame:
+    """Every recorded trial (search trials and final runs, by phase): what it tried, how it ended, where it ran
+    (the first 8 hex characters of each Ray node id; several for a multi-node Train worker group)."""
+    from i2m2_ray.tune.results import load_experiment_dir
+    from i2m2_ray.tune.space import column_name
+    from i2m2_ray.tune.state import row_params
+
+    exp, state = load_experiment_dir(exp_dir)
+    rows = []
+    for phase, payload in state.data["phases"].items():
+        for t in payload.get("trials", payload.get("runs", [])):
+            params = " ".join(f"{column_name(p)}={v:.3g}" if isinstance(v, float) else f"{column_name(p)}={v}"
+                              for p, v in row_params(t).items())
+            nodes = t.get("nodes") or ([t["node_id"]] if t.get("node_id") else [])
+            trial = str(t["trial_dir"]).rstrip("/").rsplit("/", 1)[-1]
+            rows.append({"phase": phase, "variant": t["variant"], "trial": trial, "seed": t.get("seed"),
+                         "params": params, "status": t["status"],
+                         f"val_{exp.metric}": t["val_best"], "epochs": t["epochs"],
+                         "node": ",".join(dict.fromkeys(n[:8] for n in nodes)) or "-"})
+    return pl.DataFrame(rows, schema={"phase": pl.Utf8, "variant": pl.Utf8, "trial": pl.Utf8, "seed": pl.Int64,
+                                      "params": pl.Utf8, "status": pl.Utf8, f"val_{exp.metric}": pl.Float64,
+                                      "epochs": pl.Int64, "node": pl.Utf8})
+
+
+def _print_trials(exp_dir: str) -> None:
+    table = trials_table(exp_dir)
+    if len(table):
+        _print_frame(f"trials ({exp_dir})", table)
+    else:
+        print(f"{exp_dir}: no finished phase yet, so no trials recorded")
 
 
 def _report(exp_dir: str, analysis: bool) -> None:

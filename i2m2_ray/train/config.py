@@ -13,6 +13,7 @@ from i2m2_ray.errors import ConfigError
 from i2m2_ray.models.builder import ModelConfig
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "loss", "ece")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement-group strategies
 
 
 @dataclass
@@ -70,6 +71,9 @@ class TrainConfig:
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: for encoders too large to replicate)
     launcher: str = "auto"  # auto (in-process for 1 worker, Ray Train above) | local | ray
     cpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
+    # Ray placement of the worker group: PACK (Ray's default) fills a node first, keeping gradient traffic
+    # inside it; SPREAD puts workers on distinct nodes where it can (one per machine, e.g. one GPU each)
+    placement_strategy: str = "PACK"
     gpus_per_worker: float = field(default=1.0, metadata={"ge": 0})  # used when the run uses GPUs
     # worker-group restarts from the last checkpoint before the run fails
     max_failures: int = field(default=1, metadata={"ge": -1, "hint": "-1 = unlimited"})
@@ -92,6 +96,9 @@ class TrainConfig:
             raise ConfigError(f"gpu: must be auto, true or false, got {self.gpu!r}")
         if self.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"strategy: must be ddp or fsdp, got {self.strategy!r}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(f"placement_strategy: must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                              f"got {self.placement_strategy!r}")
         if self.launcher not in ("auto", "local", "ray"):
             raise ConfigError(f"launcher: must be auto, local or ray, got {self.launcher!r}")
         if self.launcher == "local" and self.workers > 1:

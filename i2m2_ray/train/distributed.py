@@ -48,6 +48,11 @@ class RayTrainSession(Session):
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.run_dir, self.strategy, self.resume = Path(run_dir).expanduser(), strategy, resume
         self.device = torch.device("cpu")
+        self.nodes = worker_nodes(self.world_size)
+
+    def where(self) -> dict[str, str]:
+        """Rank 0's node and every rank's node (comma-separated, by rank): which machines trained."""
+        return {"node_id": self.nodes[0], "worker_nodes": ",".join(self.nodes)}
 
     @property
     def sharded(self) -> bool:
@@ -122,6 +127,7 @@ class RayTrainSession(Session):
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
 
+        metrics = {**metrics, **self.where()}
         if state is None:
             ray.train.report(metrics)
             return
@@ -142,6 +148,18 @@ class RayTrainSession(Session):
         if not self.resume:
             return None
         return load_latest(self.run_dir / RUN_NAME)
+
+
+def worker_nodes(world_size: int) -> list[str]:
+    """The Ray node id of every rank, in rank order (one gloo/NCCL all-gather at start-up)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world_size == 1 or not dist.is_initialized():
+        return [node]
+    nodes: list[Any] = [None] * world_size
+    dist.all_gather_object(nodes, node)
+    return [str(n) for n in nodes]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -236,7 +254,8 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage_path: str |
         train_fn_per_worker,
         train_loop_config=config,
         datasets=train_datasets(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources,
+                                     placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path or cfg.run_dir).expanduser().resolve()),

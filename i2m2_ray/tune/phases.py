@@ -91,7 +91,8 @@ def trial_rows(grid, key: str) -> list[dict[str, Any]]:
             "seed": config.get("seed", config["base"]["seed"]), "status": status,
             "error": None if status == "ok" else (str(r.error).splitlines()[0] if r.error is not None else status),
             "val_best": m.get(key, float("nan")), "epochs": int(m.get("epoch", m.get("epochs_run", 0))),
-            "time_s": m.get("time_total_s"),
+            "time_s": m.get("time_total_s"), "node_id": m.get("node_id"),  # Ray node: the trial's, or rank 0's
+            "nodes": (m.get("worker_nodes") or m.get("node_id") or "").split(",") if m.get("node_id") else [],
             "final": read_json(result_file) if status == "ok" and result_file.is_file() else {},
         })
     return rows

@@ -11,6 +11,7 @@ from i2m2_ray.tune.space import column_name, searched_values
 
 # Trial-line labels of the two default paths (the lines every earlier version printed).
 LABELS = {"optim.lr": "lr", "optim.weight_decay": "wd"}
+NODE_CHARS = 8  # a Ray node id is 56 hex characters; its first 8 tell a cluster's nodes apart
 
 
 def format_value(value: Any) -> str:
@@ -41,5 +42,7 @@ class TrialPrinter(Callback):
         values = "  ".join(f"{LABELS.get(p, column_name(p))} {format_value(v)}"
                            for p, v in searched_values(config).items())
         seed = f" seed {run['seed']}" if "seed" in run else ""
+        nodes = sorted({n[:NODE_CHARS] for n in (r.get("worker_nodes") or r.get("node_id") or "").split(",") if n})
+        node = f"  node {','.join(nodes)}" if nodes else ""
         print(f"  [{name}] trial {trial.trial_id} {status}: {values}{seed}  {self.key} "
-              f"{r.get(self.key, float('nan')):.4f}  epochs {r.get('epoch', r.get('epochs_run', 0))}", flush=True)
+              f"{r.get(self.key, float('nan')):.4f}  epochs {r.get('epoch', r.get('epochs_run', 0))}{node}", flush=True)

@@ -29,6 +29,7 @@ class TuneSession(Session):
         from ray import tune
 
         self.reports += 1
+        metrics = {**metrics, **where()}
         if state is None:
             tune.report(metrics)
             return
@@ -44,6 +45,14 @@ class TuneSession(Session):
             return None
         with checkpoint.as_directory() as path:
             return load_state_file(Path(path) / STATE_FILE, shown=f"{checkpoint.path}/{STATE_FILE}")
+
+
+def where() -> dict[str, str]:
+    """The node this trial process runs on (Ray's hex node id), reported with every result: a trial
+    restarted elsewhere after a node loss shows both nodes in its ``result.json``."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id()}
 
 
 def trial_config(config: dict[str, Any], trial_dir: str) -> TrainConfig:
@@ -103,13 +112,13 @@ def run_trial(config: dict[str, Any]) -> None:
         if error is None:
             raise
         tune.report({f"val/{cfg.metric}_best": float("nan"), "trial_status": failure_status(error),
-                     "epochs_run": session.reports})
+                     "epochs_run": session.reports, **where()})
         return
     if result is not None and session.reports == 0:
         # Restored after the last checkpoint was written (driver killed at the very end): the loop had
         # nothing left to run, but Tune needs the trial's final metrics once more.
         # Marked, so nobody mistakes it for a second training of the last epoch.
-        tune.report({**result, "epoch": result["epochs_run"], "final_rereport": True})
+        tune.report({**result, "epoch": result["epochs_run"], "final_rereport": True, **where()})
 
 
 def _train(cfg: TrainConfig, session: TuneSession) -> dict[str, Any] | None:

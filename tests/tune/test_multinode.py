@@ -1,0 +1,173 @@
+"""The service on a multi-node Ray cluster (``ray.cluster_utils.Cluster`` on this machine): trials spread over
+nodes and record where they ran, a 2-worker DDP trial spans two nodes, and a node lost mid-phase costs no
+finished trial while the interrupted one resumes on another node from its checkpoint.
+
+One cluster for the module: a head with no CPUs (the drivers connect there; nothing is scheduled on it)
+and two worker nodes of 2 logical CPUs. The experiment drivers are real ``python -m i2m2_ray.tune``
+processes joining it through ``RAY_ADDRESS``. Every node shares this machine's disk, so the experiment
+directory is the storage every node sees. The node-loss test removes a node: it runs last.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from i2m2_ray.report import trials_table
+from i2m2_ray.tune.state import ExperimentState
+from tests.tune.procs import SMOKE_OVERRIDES, child_env, free_port, kill_group, start_group, tail
+
+pytestmark = pytest.mark.slow
+# One stage-1 variant of the smoke experiment (its 200-row built-in dataset), every epoch kept by ASHA
+# (grace period = max epochs), so a trial's epoch count says what it trained.
+SMALL = [*SMOKE_OVERRIDES, "variants=[unimodal:image]", "final.seeds=[0]"]
+SEARCH = "search-unimodal-image"
+LOOPBACK = {"node_ip_address": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")  # short: Ray's socket paths live under it
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port(), **LOOPBACK})
+    try:
+        workers = [c.add_node(num_cpus=2, **LOOPBACK) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c, workers
+    finally:
+        c.shutdown()  # only this cluster's processes
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_driver(c, out: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
+    log = out.parent / f"{out.name}.log"
+    cmd = [sys.executable, "-m", "i2m2_ray.tune", *SMALL, f"output_dir={out}", *overrides]
+    return start_group(cmd, log, child_env(RAY_ADDRESS=c.address)), log
+
+
+def run_driver(c, out: Path, *overrides: str, timeout_s: float = 240) -> str:
+    proc, log = start_driver(c, out, *overrides)
+    try:
+        rc = proc.wait(timeout=timeout_s)
+    finally:
+        kill_group(proc)
+    assert rc == 0, tail(log)
+    return log.read_text()
+
+
+def results(trial_dir: Path) -> list[dict]:
+    """Every result Tune recorded for one trial (``result.json`` is appended across restarts)."""
+    path = trial_dir / "result.json"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        try:
+            found.append(json.loads(line))
+        except ValueError:  # the line Tune is writing right now
+            break
+    return found
+
+
+def test_search_trials_spread_over_nodes_and_record_them(cluster, tmp_path, capsys):
+    c, workers = cluster
+    nodes = {n.node_id for n in workers}
+    out = tmp_path / "spread"
+    run_driver(c, out, "budget.trials=4", "budget.max_epochs=2", "budget.grace_period=2")
+    trials = ExperimentState(out).phase(SEARCH)["trials"]
+    assert len(trials) == 4 and all(t["status"] == "ok" and t["epochs"] == 2 for t in trials)
+    # four 1-CPU trials at once on two 2-CPU nodes: both nodes used, never the CPU-less head
+    assert {t["node_id"] for t in trials} == nodes
+    for t in trials:
+        assert t["nodes"] == [t["node_id"]]
+        assert {r["node_id"] for r in results(Path(t["trial_dir"]))} == {t["node_id"]}  # no restart moved it
+    final = ExperimentState(out).phase("final")["runs"]
+    assert len(final) == 1 and final[0]["node_id"] in nodes
+
+    table = trials_table(str(out))
+    assert table.height == 5 and table["phase"].to_list() == [SEARCH] * 4 + ["final"]
+    by_trial = {Path(t["trial_dir"]).name: t["node_id"][:8] for t in trials + final}
+    assert dict(zip(table["trial"], table["node"], strict=True)) == by_trial
+    assert table["val_accuracy"].to_list() == [t["val_best"] for t in trials + final]
+
+
+def test_two_worker_trial_trains_with_ddp_across_two_nodes(cluster, tmp_path):
+    c, workers = cluster
+    nodes = {n.node_id for n in workers}
+    out = tmp_path / "ddp"
+    log = run_driver(c, out, "budget.trials=1", "budget.max_epochs=2", "budget.grace_period=2",
+                     "resources.workers=2", "resources.cpus_per_trial=1", "train.placement_strategy=SPREAD")
+    state = ExperimentState(out)
+    for run in state.phase(SEARCH)["trials"] + state.phase("final")["runs"]:
+        assert run["status"] == "ok" and run["epochs"] == 2, run
+        # rank 0 gathered every rank's node over the gloo process group: one rank on each node
+        assert len(run["nodes"]) == 2 and set(run["nodes"]) == nodes, run
+        assert run["node_id"] == run["nodes"][0]
+        saved = (Path(run["trial_dir"]) / "config.yaml").read_text()
+        assert "workers: 2" in saved and "strategy: ddp" in saved and "placement_strategy: SPREAD" in saved
+        assert run["final"]["epochs_run"] == 2
+    short = sorted(n[:8] for n in nodes)
+    assert f"node {','.join(short)}" in log  # the trial line names both nodes
+
+
+def test_node_lost_mid_phase_resumes_the_trial_elsewhere_from_its_checkpoint(cluster, tmp_path):
+    """Two trials one after the other; when the second has checkpointed, its node is removed. The finished
+    first trial is kept as it was; the second restarts on the surviving node at the epoch after its last
+    checkpoint (no epoch trained twice) and the experiment ends with its full table."""
+    c, workers = cluster
+    epochs = 12
+    out = tmp_path / "lost"
+    proc, log = start_driver(c, out, "budget.trials=2", "budget.concurrency=1", f"budget.max_epochs={epochs}",
+                             f"budget.grace_period={epochs}", "train.patience=null",
+                             "dataset.builtin.train_size=1200")
+    search = out / SEARCH
+    try:
+        deadline = time.monotonic() + 240
+        removed = first = second = None
+        while removed is None:
+            assert time.monotonic() < deadline and proc.poll() is None, tail(log)
+            runs = {d: results(d) for d in sorted(search.glob("trial_*"))}
+            done = [d for d, rs in runs.items() if rs and rs[-1]["epoch"] == epochs]
+            going = [d for d, rs in runs.items() if rs and rs[-1]["epoch"] < epochs - 3]
+            if done and going:
+                first, second = done[0], going[0]
+                node_id = runs[second][-1]["node_id"]
+                removed = next(n for n in workers if n.node_id == node_id)
+                c.remove_node(removed)
+            time.sleep(0.05)
+        before = results(first)
+        rc = proc.wait(timeout=300)
+    finally:
+        kill_group(proc)
+    assert rc == 0, tail(log)
+    survivor = next(n.node_id for n in workers if n is not removed)
+
+    # the finished trial: not re-run (the same results, each epoch once), wherever it ran
+    assert results(first) == before and [r["epoch"] for r in before] == list(range(1, epochs + 1))
+    # the interrupted trial: epochs 1..k on the lost node, k+1..E on the survivor, each exactly once
+    rs = results(second)
+    assert [r["epoch"] for r in rs] == list(range(1, epochs + 1)), [(r["epoch"], r["node_id"][:8]) for r in rs]
+    k = max(r["epoch"] for r in rs if r["node_id"] == removed.node_id)
+    assert k >= 1 and [r["node_id"] for r in rs] == [removed.node_id] * k + [survivor] * (epochs - k)
+    assert rs[k]["training_iteration"] == 1  # a new trial process, which began at epoch k + 1
+
+    state = ExperimentState(out)
+    trials = {Path(t["trial_dir"]).name: t for t in state.phase(SEARCH)["trials"]}
+    assert set(trials) == {first.name, second.name}
+    assert all(t["status"] == "ok" and t["epochs"] == epochs for t in trials.values())
+    assert trials[second.name]["node_id"] == survivor and trials[second.name]["final"]["epochs_run"] == epochs
+    assert [r["node_id"] for r in state.phase("final")["runs"]] == [survivor]
+    table = pl.read_csv(out / "results.csv")
+    assert table["status"].to_list() == ["done"] and table["trials"].to_list() == [2]
+    assert table["epochs"].to_list() == [3 * epochs]
