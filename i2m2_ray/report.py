@@ -9,6 +9,8 @@ import polars as pl
 
 from i2m2_ray.cli import Parser, run_cli
 
+LABELS = {"optim.lr": "lr", "optim.weight_decay": "wd"}  # as in the trial lines (tune/progress.py)
+
 
 def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
     print(f"\n{title}")
@@ -43,7 +45,7 @@ def trials_table(exp_dir: str) -> pl.DataFrame:
     rows = []
     for phase, payload in state.data["phases"].items():
         for t in payload.get("trials", payload.get("runs", [])):
-            params = " ".join(f"{column_name(p)}={v:.3g}" if isinstance(v, float) else f"{column_name(p)}={v}"
+            params = " ".join(f"{LABELS.get(p, column_name(p))}={f'{v:.3g}' if isinstance(v, float) else v}"
                               for p, v in row_params(t).items())
             nodes = t.get("nodes") or ([t["node_id"]] if t.get("node_id") else [])
             trial = str(t["trial_dir"]).rstrip("/").rsplit("/", 1)[-1]
@@ -57,11 +59,15 @@ def trials_table(exp_dir: str) -> pl.DataFrame:
 
 
 def _print_trials(exp_dir: str) -> None:
+    """The trials as a Markdown table, one line per trial however wide (polars would wrap long cells)."""
     table = trials_table(exp_dir)
-    if len(table):
-        _print_frame(f"trials ({exp_dir})", table)
-    else:
+    if not len(table):
         print(f"{exp_dir}: no finished phase yet, so no trials recorded")
+        return
+    print(f"trials of {exp_dir}\n\n| {' | '.join(table.columns)} |\n|{'---|' * len(table.columns)}")
+    for row in table.iter_rows():
+        print("| " + " | ".join("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+                                for v in row) + " |")
 
 
 def _report(exp_dir: str, analysis: bool) -> None:

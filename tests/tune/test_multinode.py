@@ -11,16 +11,19 @@ directory is the storage every node sees. The node-loss test removes a node: it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from i2m2_ray.report import main as report_main
 from i2m2_ray.report import trials_table
 from i2m2_ray.tune.state import ExperimentState
 from tests.tune.procs import SMOKE_OVERRIDES, child_env, free_port, kill_group, start_group, tail
@@ -30,7 +33,22 @@ pytestmark = pytest.mark.slow
 # (grace period = max epochs), so a trial's epoch count says what it trained.
 SMALL = [*SMOKE_OVERRIDES, "variants=[unimodal:image]", "final.seeds=[0]"]
 SEARCH = "search-unimodal-image"
-LOOPBACK = {"node_ip_address": "127.0.0.1"}
+
+
+@contextmanager
+def own_address_file(temp: str):
+    """Cluster writes its address to <system temp>/ray/ray_current_cluster and deletes it on shutdown; with
+    RAY_TMPDIR pointed at our own directory that file is ours, not the one other Ray users on this machine see."""
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_TMPDIR")
+        else:
+            os.environ["RAY_TMPDIR"] = before
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +56,17 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")  # short: Ray's socket paths live under it
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port(), **LOOPBACK})
+    with own_address_file(temp):
+        c = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": free_port()})
     try:
-        workers = [c.add_node(num_cpus=2, **LOOPBACK) for _ in range(2)]
+        workers = [c.add_node(num_cpus=2) for _ in range(2)]
         c.wait_for_nodes()
         yield c, workers
     finally:
-        c.shutdown()  # only this cluster's processes
+        with own_address_file(temp):
+            c.shutdown()  # only this cluster's processes
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -84,10 +104,10 @@ def test_search_trials_spread_over_nodes_and_record_them(cluster, tmp_path, caps
     c, workers = cluster
     nodes = {n.node_id for n in workers}
     out = tmp_path / "spread"
-    run_driver(c, out, "budget.trials=4", "budget.max_epochs=2", "budget.grace_period=2")
+    run_driver(c, out, "budget.trials=2", "budget.max_epochs=2", "budget.grace_period=2", "resources.cpus_per_trial=2")
     trials = ExperimentState(out).phase(SEARCH)["trials"]
-    assert len(trials) == 4 and all(t["status"] == "ok" and t["epochs"] == 2 for t in trials)
-    # four 1-CPU trials at once on two 2-CPU nodes: both nodes used, never the CPU-less head
+    assert len(trials) == 2 and all(t["status"] == "ok" and t["epochs"] == 2 for t in trials)
+    # two 2-CPU trials at once on two 2-CPU nodes: one on each, never on the CPU-less head
     assert {t["node_id"] for t in trials} == nodes
     for t in trials:
         assert t["nodes"] == [t["node_id"]]
@@ -96,10 +116,14 @@ def test_search_trials_spread_over_nodes_and_record_them(cluster, tmp_path, caps
     assert len(final) == 1 and final[0]["node_id"] in nodes
 
     table = trials_table(str(out))
-    assert table.height == 5 and table["phase"].to_list() == [SEARCH] * 4 + ["final"]
+    assert table.height == 3 and table["phase"].to_list() == [SEARCH] * 2 + ["final"]
     by_trial = {Path(t["trial_dir"]).name: t["node_id"][:8] for t in trials + final}
     assert dict(zip(table["trial"], table["node"], strict=True)) == by_trial
     assert table["val_accuracy"].to_list() == [t["val_best"] for t in trials + final]
+    assert report_main([str(out), "--trials"]) == 0
+    printed = {line.split("|")[3].strip(): line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("| ") and "trial_" in line}
+    assert {name: line.split("|")[-2].strip() for name, line in printed.items()} == by_trial
 
 
 def test_two_worker_trial_trains_with_ddp_across_two_nodes(cluster, tmp_path):
@@ -126,7 +150,7 @@ def test_node_lost_mid_phase_resumes_the_trial_elsewhere_from_its_checkpoint(clu
     first trial is kept as it was; the second restarts on the surviving node at the epoch after its last
     checkpoint (no epoch trained twice) and the experiment ends with its full table."""
     c, workers = cluster
-    epochs = 12
+    epochs = 16
     out = tmp_path / "lost"
     proc, log = start_driver(c, out, "budget.trials=2", "budget.concurrency=1", f"budget.max_epochs={epochs}",
                              f"budget.grace_period={epochs}", "train.patience=null",
@@ -139,12 +163,12 @@ def test_node_lost_mid_phase_resumes_the_trial_elsewhere_from_its_checkpoint(clu
             assert time.monotonic() < deadline and proc.poll() is None, tail(log)
             runs = {d: results(d) for d in sorted(search.glob("trial_*"))}
             done = [d for d, rs in runs.items() if rs and rs[-1]["epoch"] == epochs]
-            going = [d for d, rs in runs.items() if rs and rs[-1]["epoch"] < epochs - 3]
+            going = [d for d, rs in runs.items() if rs and rs[-1]["epoch"] <= epochs - 6]
             if done and going:
                 first, second = done[0], going[0]
                 node_id = runs[second][-1]["node_id"]
                 removed = next(n for n in workers if n.node_id == node_id)
-                c.remove_node(removed)
+                c.remove_node(removed, allow_graceful=False)  # SIGKILL, as a machine lost
             time.sleep(0.05)
         before = results(first)
         rc = proc.wait(timeout=300)
@@ -160,14 +184,17 @@ def test_node_lost_mid_phase_resumes_the_trial_elsewhere_from_its_checkpoint(clu
     assert [r["epoch"] for r in rs] == list(range(1, epochs + 1)), [(r["epoch"], r["node_id"][:8]) for r in rs]
     k = max(r["epoch"] for r in rs if r["node_id"] == removed.node_id)
     assert k >= 1 and [r["node_id"] for r in rs] == [removed.node_id] * k + [survivor] * (epochs - k)
-    assert rs[k]["training_iteration"] == 1  # a new trial process, which began at epoch k + 1
+    # epoch k + 1 was the first result of a new trial process, restored from the checkpoint of epoch k
+    assert rs[k]["iterations_since_restore"] == 1 and rs[k]["pid"] != rs[k - 1]["pid"]
+    assert rs[k - 1]["checkpoint_dir_name"] is not None
 
     state = ExperimentState(out)
     trials = {Path(t["trial_dir"]).name: t for t in state.phase(SEARCH)["trials"]}
     assert set(trials) == {first.name, second.name}
     assert all(t["status"] == "ok" and t["epochs"] == epochs for t in trials.values())
-    assert trials[second.name]["node_id"] == survivor and trials[second.name]["final"]["epochs_run"] == epochs
-    assert [r["node_id"] for r in state.phase("final")["runs"]] == [survivor]
+    assert trials[second.name]["node_id"] == survivor  # the ledger names where it finished
+    final = state.phase("final")["runs"]
+    assert [r["node_id"] for r in final] == [survivor] and final[0]["final"]["epochs_run"] == epochs
     table = pl.read_csv(out / "results.csv")
     assert table["status"].to_list() == ["done"] and table["trials"].to_list() == [2]
     assert table["epochs"].to_list() == [3 * epochs]
