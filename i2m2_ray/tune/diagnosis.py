@@ -60,8 +60,12 @@ def dependency_gap(baseline: list[np.ndarray], joint: list[np.ndarray], labels: 
 
     ``baseline`` and ``joint`` hold one log-prob array per seed's model, over the same test rows; each
     row's score is averaged over the seeds' models first, so the interval is over test rows for these
-    trained models (seed-to-seed variation of the training is not inside it). Verdict ``detected`` when
-    an interval excludes 0 in the joint model's favour and neither excludes it in the baseline's;
+    trained models (seed-to-seed variation of the training is not inside it).
+
+    Verdict ``detected`` when the accuracy interval excludes 0 in the joint model's favour and the
+    log-likelihood interval does not exclude it in the baseline's. Accuracy decides because it does not
+    depend on calibration: on data with no signal for intra, an overfit intra loses log-likelihood to a
+    joint model that learned nothing but is less overconfident, which is no evidence of interaction.
     ``level`` applies to each interval (callers correct it for the number of intervals they read).
     """
     def scores(models: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +75,4 @@ def dependency_gap(baseline: list[np.ndarray], joint: list[np.ndarray], labels: 
     (acc_b, ll_b), (acc_j, ll_j) = scores(baseline), scores(joint)
     acc = paired_bootstrap(acc_j - acc_b, resamples, seed, level)
     ll = paired_bootstrap(ll_j - ll_b, resamples, seed + 1, level)
-    better = any(lo > 0 for _, lo, _ in (acc, ll))
-    worse = any(hi < 0 for _, _, hi in (acc, ll))
-    return Gap(acc, ll, DETECTED if better and not worse else NOT_DETECTED)
+    return Gap(acc, ll, DETECTED if acc[1] > 0 and ll[2] >= 0 else NOT_DETECTED)
