@@ -16,7 +16,8 @@ def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
     if frame is None:
         print("(no finished final runs yet)")
         return
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, float_precision=4,
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, float_precision=4, tbl_width_chars=400,
+                   fmt_str_lengths=200,
                    tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
         print(frame)
 
@@ -58,8 +59,9 @@ def _print_analysis(exp_dir: str, metric: str, also: list[str]) -> None:
     _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy; "
                  "ECE; log_likelihood = mean log q(y|x))", dependency_table(exp_dir))
     verdict = dependency_verdict(exp_dir)
-    _print_frame("inter minus intra on the same test rows (accuracy and log-likelihood gaps; paired bootstrap "
-                 "interval over rows, 2000 resamples, each row averaged over the seeds' models)", verdict)
+    _print_frame("inter minus intra (without intra: the product of the unimodal models) on the same test rows "
+                 "(accuracy and log-likelihood gaps; paired bootstrap interval over rows, 2000 resamples, each row "
+                 "averaged over the seeds' models; 'level' per interval, Bonferroni-corrected)", verdict)
     print(verdict_line(verdict))
     _print_frame(f"missing modality (intra / I2M2 without a modality at test time = the product of the experts "
                  f"that do not read it, beside the unimodal model of the remaining modality, same seeds; {metric})",

@@ -1,5 +1,7 @@
 """A missing modality removes every expert that reads it; modality dropout trains for that, per row.
 
+The tests that train real runs (about a minute together on 2 busy CPUs) are marked slow.
+
 On a model trained on real (built-in) data: I2M2 with modality m missing gives exactly the product of
 the remaining unimodal experts, never reads m's input, and the missing-modality table (built from real
 final runs and a ledger) reports that model beside the unimodal model of the remaining modality.
@@ -74,6 +76,7 @@ def _test_batches(dataset: Path):
     return list(InMemoryData(dataset, manifest, list(manifest.modalities)).eval_batches("test", 50))
 
 
+@pytest.mark.slow
 def test_i2m2_without_a_modality_is_the_product_of_the_remaining_experts(trained, tiny_dataset):
     root, _, _ = trained
     model = _load(root / "i2m2-lf", tiny_dataset, "i2m2:lf")
@@ -111,6 +114,7 @@ def test_with_three_modalities_one_missing_leaves_the_product_of_the_other_two()
     assert build_model(manifest, "inter:lf").droppable() == ()  # nothing would remain
 
 
+@pytest.mark.slow
 def test_missing_modality_table_reads_the_final_runs(trained, tiny_dataset):
     root, exp, finals = trained
     model = _load(root / "i2m2-lf", tiny_dataset, "i2m2:lf")
@@ -192,6 +196,7 @@ def test_dropout_zero_is_the_old_step_and_dropout_is_seeded():
     assert _same(_epoch("inter:lf", 0.5), _epoch("inter:lf", 0.0))  # nothing to drop: unchanged
 
 
+@pytest.mark.slow
 def test_modality_dropout_run_is_a_function_of_its_seed(tmp_path, tiny_dataset):
     """Whole runs: the same seed gives bit-identical weights, and p changes them (p = 0 is the default)."""
     def weights(name: str, *extra: str) -> dict[str, torch.Tensor]:

@@ -11,11 +11,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
+from i2m2_ray.data.format import load_manifest
 from i2m2_ray.train import load_train_config, train
 from i2m2_ray.tune.analysis import dependency_table, dependency_verdict, verdict_line
 from i2m2_ray.tune.diagnosis import DETECTED, NOT_DETECTED, dependency_gap, paired_bootstrap
+from i2m2_ray.tune.experiment import load_experiment
+from i2m2_ray.tune.results import bayes_accuracy, render_markdown
 from i2m2_ray.tune.state import FINAL
 
 # Two classes: the interaction is then an XOR of two symbols, which inter LF learns from 600 rows in
@@ -101,3 +105,22 @@ def test_paired_bootstrap_is_seeded_and_pairs_rows():
     assert gap.accuracy[1] > 0 and gap.log_likelihood[2] < 0  # more accurate, far less likely
     assert gap.verdict == NOT_DETECTED  # the likelihood vetoes
     assert dependency_gap([base], [base], labels).verdict == NOT_DETECTED
+
+
+def _table(bayes: float | None) -> pl.DataFrame:
+    row = {"variant": "i2m2:lf", "stage": 2, "val_accuracy": 0.6, "test_accuracy_mean": 0.58,
+           "test_accuracy_std": 0.01, "seeds": 2, "lr": 0.01, "trials": 3, "failed": 0, "epochs": 20,
+           "wall_s": 30.0, "status": "done", "bayes_accuracy": bayes}
+    return pl.DataFrame([row], schema_overrides={"bayes_accuracy": pl.Float64})
+
+
+def test_table_states_the_bayes_ceiling_and_each_gap(small_dataset, tmp_path):
+    exp = load_experiment(None, [f"output_dir={tmp_path}", f"dataset.path={small_dataset}"])
+    assert bayes_accuracy(exp) == load_manifest(small_dataset).bayes_accuracy == pytest.approx(0.671875)
+    markdown = render_markdown(_table(0.671875))
+    header, _, row = markdown.splitlines()[:3]
+    assert "| test accuracy % (mean ± std) | to Bayes (pts) | seeds |" in header
+    assert "| 58.00 ± 1.00 | -9.19 | 2 |" in row  # 58.00 - 67.19
+    assert markdown.splitlines()[-1].startswith("Bayes-optimal test accuracy of this dataset (from its manifest): "
+                                                "67.19 %")
+    assert "Bayes" not in render_markdown(_table(None))  # real datasets: no ceiling known
