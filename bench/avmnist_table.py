@@ -175,13 +175,21 @@ def main() -> int:
     run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "stage2.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")
 
-    from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
+    from i2m2_ray.tune.analysis import (
+        dependency_table,
+        dependency_verdict,
+        expert_ablation_table,
+        missing_modality_table,
+    )
 
     table = comparison_rows(main_dir)
     ablation = [r for r in comparison_rows(main_dir, "stage-1 models") if r["variant"] == "i2m2:lf"]
     ablation += comparison_rows(scratch_dir, "from scratch")
-    missing = frame_rows(missing_modality_table(main_dir, "accuracy"), {"accuracy_mean": 100, "accuracy_std": 100})
+    pct = {"accuracy_mean": 100, "accuracy_std": 100}
+    missing = frame_rows(missing_modality_table(main_dir, "accuracy"), {**pct, "unimodal_accuracy_mean": 100})
+    ablated = frame_rows(expert_ablation_table(main_dir, "accuracy"), pct)
     entropy = frame_rows(dependency_table(main_dir))
+    verdict = frame_rows(dependency_verdict(main_dir))
     manifest = json.loads((data_dir / "manifest.json").read_text())
     splits = {k: v["rows"] for k, v in manifest["splits"].items()}
     rows = "/".join(str(splits.get(k)) for k in ("train", "val", "test"))
@@ -193,8 +201,12 @@ def main() -> int:
     sections = [
         ("1. AV-MNIST comparison (test accuracy, searched lr / wd, final runs over seeds)", table),
         ("2. Pretraining ablation: I2M2 LF initialised from stage-1 models vs from scratch, same budget", ablation),
-        ("3. Missing modality: I2M2 with one expert left out at test time (accuracy %)", missing),
-        ("4. Dependency diagnosis: mean predictive entropy vs label entropy H(y) on test (nats)", entropy),
+        ("3. Missing modality: intra / I2M2 without one modality at test time (the product of the experts that "
+         "do not read it) beside the unimodal model of the remaining modality (accuracy %)", missing),
+        ("3b. Expert ablation: I2M2 with one expert left out at test time (accuracy %)", ablated),
+        ("4. Dependency diagnosis: mean predictive entropy vs label entropy H(y) on test (nats), ECE, "
+         "accuracy, log-likelihood", entropy),
+        ("4b. Inter minus intra on the same test rows: paired bootstrap intervals and the verdict", verdict),
         ("5. Audio front end (unimodal audio, lr 0.05, no momentum, seed 0; why the tables use the waveform)", front),
     ]
     notes = (f"Paper: I2M2 reaches {PAPER_I2M2} % test accuracy on the distributed AV-MNIST (55k/5k/10k, "

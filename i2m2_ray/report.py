@@ -1,5 +1,6 @@
-"""``python -m i2m2_ray.report DIR``: reprint an experiment's table, with the dependency diagnosis and
-the missing-modality table (also for an unfinished experiment: it shows what has finished)."""
+"""``python -m i2m2_ray.report DIR``: reprint an experiment's table, with the dependency diagnosis and its
+verdict, the missing-modality table and the expert ablation (also for an unfinished experiment: it
+shows what has finished)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
     if frame is None:
         print("(no finished final runs yet)")
         return
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, float_precision=4,
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, float_precision=4, tbl_width_chars=400,
+                   fmt_str_lengths=200,
                    tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True):
         print(frame)
 
@@ -28,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-analysis", action="store_true", help="only the results table (no model loading)")
     parser.add_argument("--trials", action="store_true",
                         help="instead, one row per finished trial of every phase (params, outcome, Ray node)")
+    parser.add_argument("--with", dest="also", action="append", default=[], metavar="DIR",
+                        help="another experiment (e.g. trained with train.modality_dropout) whose intra / I2M2 "
+                             "final runs join the missing-modality table; repeatable")
     ns = parser.parse_args(argv)
     if ns.trials:
         return run_cli(lambda: _print_trials(ns.experiment_dir))
-    return run_cli(lambda: _report(ns.experiment_dir, analysis=not ns.no_analysis))
+    return run_cli(lambda: _report(ns.experiment_dir, analysis=not ns.no_analysis, also=ns.also))
 
 
 def trials_table(exp_dir: str) -> pl.DataFrame:
@@ -70,7 +75,7 @@ def _print_trials(exp_dir: str) -> None:
                                 for v in row) + " |")
 
 
-def _report(exp_dir: str, analysis: bool) -> None:
+def _report(exp_dir: str, analysis: bool, also: list[str] | None = None) -> None:
     from i2m2_ray.tune.results import load_experiment_dir, render_markdown, results_table
 
     exp, _ = load_experiment_dir(exp_dir)
@@ -81,12 +86,30 @@ def _report(exp_dir: str, analysis: bool) -> None:
     if pending:
         print(f"\nnot finished: {', '.join(pending)}")
     if analysis:
-        from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
+        _print_analysis(exp_dir, exp.metric, also or [])
 
-        _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy)",
-                     dependency_table(exp_dir))
-        _print_frame(f"missing modality (I2M2 with one expert left out at test time; {exp.metric})",
-                     missing_modality_table(exp_dir, exp.metric))
+
+def _print_analysis(exp_dir: str, metric: str, also: list[str]) -> None:
+    from i2m2_ray.tune.analysis import (
+        dependency_table,
+        dependency_verdict,
+        expert_ablation_table,
+        missing_modality_table,
+        verdict_line,
+    )
+
+    _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy; "
+                 "ECE; log_likelihood = mean log q(y|x))", dependency_table(exp_dir))
+    verdict = dependency_verdict(exp_dir)
+    _print_frame("inter minus intra (without intra: the product of the unimodal models) on the same test rows "
+                 "(accuracy and log-likelihood gaps; paired bootstrap interval over rows, 2000 resamples, each row "
+                 "averaged over the seeds' models; 'level' per interval, Bonferroni-corrected)", verdict)
+    print(verdict_line(verdict))
+    _print_frame(f"missing modality (intra / I2M2 without a modality at test time = the product of the experts "
+                 f"that do not read it, beside the unimodal model of the remaining modality, same seeds; {metric})",
+                 missing_modality_table([exp_dir, *also], metric))
+    _print_frame(f"expert ablation (I2M2 with one expert left out at test time; the inter expert still reads "
+                 f"every modality; {metric})", expert_ablation_table(exp_dir, metric))
 
 
 def entry() -> None:

@@ -60,6 +60,10 @@ class TrainConfig:
     metric: str = "accuracy"  # validation metric for early stopping and the best checkpoint
     mode: str = "max"
     class_weighted: bool = False  # inverse-frequency class weights (per head for multi-label)
+    # probability that a training row loses one modality (drawn uniformly) and every expert reading it,
+    # so the product of the remaining experts learns to stand alone; 0 = off. Intra / I2M2 only: it
+    # changes nothing for unimodal and inter models, where no expert would remain.
+    modality_dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     eval_batch_size: int = field(default=256, metadata={"ge": 1, "le": 2**31 - 1})
     run_dir: str = field(default="runs/train", metadata={"path": True})
     resume: bool = True  # continue from the last checkpoint in run_dir

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2m2_ray.data.format import Manifest
+from i2m2_ray.models.poe import modality_dropout_keep
 from i2m2_ray.train.metrics import classification_metrics
 from i2m2_ray.train.session import unwrap
 
@@ -43,16 +44,24 @@ def to_device(inputs: dict[str, torch.Tensor], labels: torch.Tensor, device: tor
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, weights: torch.Tensor | None,
-                grad_clip: float | None, device: torch.device) -> tuple[float, int]:
-    """One pass over the training batches; returns (mean loss, samples)."""
+                grad_clip: float | None, device: torch.device, modality_dropout: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[float, int]:
+    """One pass over the training batches; returns (mean loss, samples).
+
+    ``modality_dropout`` > 0: rows lose a modality (and its experts) with that probability, drawn
+    from ``generator`` (seeded by the caller) so the run stays a function of its seed."""
     model.train()
+    poe = unwrap(model)
     total = torch.zeros((), device=device)
     seen = 0
     use_bf16 = device.type == "cuda"
     for inputs, labels in batches:
         inputs, labels = to_device(inputs, labels, device)
+        keep = None
+        if modality_dropout > 0:
+            keep = modality_dropout_keep(poe, len(labels), modality_dropout, generator or torch.Generator())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(inputs)
+            out = model(inputs) if keep is None else model(inputs, keep=keep)
         loss = nll(out.log_probs.float(), labels, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -65,16 +74,17 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches, wei
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches, device: torch.device,
-            leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Combined log-probs, each expert's own log-probs, and labels, as numpy arrays."""
+def predict(model: nn.Module, batches, device: torch.device, leave_out: frozenset[str] = frozenset(),
+            missing: frozenset[str] = frozenset()) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Combined log-probs, each expert's own log-probs, and labels, as numpy arrays; ``leave_out`` drops
+    experts, ``missing`` drops modalities (inputs and every expert that reads them)."""
     model.eval()
     combined, experts, labels_all = [], {}, []
     use_bf16 = device.type == "cuda"
     for inputs, labels in batches:
         inputs, labels = to_device(inputs, labels, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = unwrap(model)(inputs, leave_out=leave_out)
+            out = unwrap(model)(inputs, leave_out=leave_out, missing=missing)
         combined.append(out.log_probs.float().cpu())
         for name, logits in out.expert_logits.items():
             experts.setdefault(name, []).append(F.log_softmax(logits.float(), dim=-1).cpu())
@@ -84,9 +94,10 @@ def predict(model: nn.Module, batches, device: torch.device,
 
 
 def evaluate(model: nn.Module, batches, device: torch.device, manifest: Manifest, prefix: str,
-             leave_out: frozenset[str] = frozenset()) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+             leave_out: frozenset[str] = frozenset(),
+             missing: frozenset[str] = frozenset()) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Metrics of the combined model under ``prefix/``, and of each expert under ``expert/<name>/``."""
-    log_probs, expert_lp, labels = predict(model, batches, device, leave_out)
+    log_probs, expert_lp, labels = predict(model, batches, device, leave_out, missing)
     metrics = {f"{prefix}/{k}": v for k, v in classification_metrics(log_probs, labels, manifest.classes).items()}
     if len(expert_lp) > 1:
         expert_prefix = "expert" if prefix == "val" else f"{prefix}/expert"

@@ -35,7 +35,10 @@ MODEL_FILE = "model.pt"
 INIT_FILE = "init.pt"
 RESULT_FILE = "final.json"  # not result.json: Tune writes its own into a trial directory
 # Config sections that must match for a run directory to be resumed.
-RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode")
+RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode",
+               "modality_dropout")
+# Resume keys added later, with the value a checkpoint written before them implies.
+RESUME_DEFAULTS = {"modality_dropout": 0.0}
 
 
 def pick_device(gpu: str) -> torch.device:
@@ -61,7 +64,7 @@ def _better(value: float, best: float | None, mode: str) -> bool:
 
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any], run_dir: Path) -> None:
     for key in RESUME_KEYS:
-        if saved.get(key) != current.get(key):
+        if saved.get(key, RESUME_DEFAULTS.get(key)) != current.get(key):
             raise CheckpointError(f"{run_dir}: checkpoint was made with a different '{key}' "
                                   f"({saved.get(key)!r} vs now {current.get(key)!r}); use a new run_dir")
 
@@ -179,7 +182,8 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
             # train: this rank's share of the epoch, in an order fixed by (seed, epoch)
             batches = run.data.train_batches(run.batch_size, cfg.seed, epoch, session.rank, session.world_size)
             train_loss, seen = train_epoch(run.model, run.optimizer, batches, run.weights, cfg.optim.grad_clip,
-                                           run.device)
+                                           run.device, cfg.modality_dropout,
+                                           dropout_generator(cfg.seed, epoch, session.rank))
             # sync: ranks agree on buffers and the mean loss, so all stop (or diverge) together
             train_loss = session.sync_epoch(run.model, train_loss)
             check_finite(cfg, epoch, train_loss)
@@ -209,6 +213,13 @@ def train(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     finally:
         for lg in run.loggers:
             lg.close()
+
+
+def dropout_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Modality-dropout draws fixed by (seed, epoch, rank): a resumed epoch redraws the same rows, and
+    the global RNG (model init, SpecAugment) is untouched, so p = 0 trains exactly as without it."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) >> 1)
 
 
 def check_finite(cfg: TrainConfig, epoch: int, train_loss: float) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from i2m2_ray.config import load_yaml
-from i2m2_ray.errors import ConfigError
+from i2m2_ray.errors import ConfigError, I2M2Error
 from i2m2_ray.fsutil import atomic_write_bytes, atomic_write_text
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.tune.experiment import ExperimentConfig, experiment_from_dict
@@ -75,11 +75,24 @@ def _final_runs(state: ExperimentState, variant: str) -> tuple[list[dict[str, An
     return [], 0.0
 
 
+def bayes_accuracy(exp: ExperimentConfig) -> float | None:
+    """The Bayes-optimal test accuracy the dataset's manifest records (the built-in generator computes
+    it exactly), or None (real datasets; a dataset no longer there)."""
+    from i2m2_ray.data.dataset import resolve_dataset
+    from i2m2_ray.data.format import load_manifest
+
+    try:
+        return load_manifest(resolve_dataset(exp.dataset)).bayes_accuracy
+    except I2M2Error:
+        return None
+
+
 def results_table(exp_dir: str | Path) -> pl.DataFrame:
     """Best validation metric, test mean and sample std over seeds, the best value of every searched path
     (``lr`` / ``weight_decay`` for the optimiser's, dotted names for the rest), trials, failed trials,
-    epochs, time."""
+    epochs, time, and the dataset's Bayes-optimal accuracy where its manifest has one (the ceiling)."""
     exp, state = load_experiment_dir(exp_dir)
+    bayes = bayes_accuracy(exp)
     m = exp.metric
     searched = {column_name(p): (p, _dtype(p)) for p in exp.searched_paths()}
     rows = []
@@ -90,7 +103,7 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
         row: dict[str, Any] = {"variant": variant, "stage": stage, f"val_{m}": None,
                                f"test_{m}_mean": None, f"test_{m}_std": None, "seeds": 0,
                                **{c: None for c in searched}, "trials": 0, "failed": 0, "epochs": 0,
-                               "wall_s": 0.0, "status": "pending"}
+                               "wall_s": 0.0, "status": "pending", "bayes_accuracy": bayes}
         if search:
             best = search["best"]
             params = row_params(best)
@@ -108,7 +121,8 @@ def results_table(exp_dir: str | Path) -> pl.DataFrame:
         rows.append(row)
     schema = {"variant": pl.Utf8, "stage": pl.Int64, f"val_{m}": pl.Float64, f"test_{m}_mean": pl.Float64,
               f"test_{m}_std": pl.Float64, "seeds": pl.Int64, **{c: dtype for c, (_, dtype) in searched.items()},
-              "trials": pl.Int64, "failed": pl.Int64, "epochs": pl.Int64, "wall_s": pl.Float64, "status": pl.Utf8}
+              "trials": pl.Int64, "failed": pl.Int64, "epochs": pl.Int64, "wall_s": pl.Float64, "status": pl.Utf8,
+              "bayes_accuracy": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -116,24 +130,40 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _bayes(table: pl.DataFrame, metric: str) -> float | None:
+    """The ceiling the table can state: the Bayes-optimal accuracy, when the metric is accuracy."""
+    if metric != "accuracy" or "bayes_accuracy" not in table.columns or table.is_empty():
+        return None
+    return table["bayes_accuracy"][0]
+
+
 def render_markdown(table: pl.DataFrame) -> str:
-    """The table as it reads in the paper: test metric as mean +- std (percent for accuracy-like metrics)."""
+    """The table as it reads in the paper: test metric as mean +- std (percent for accuracy-like metrics);
+    with a Bayes-optimal accuracy (built-in dataset), each variant's gap to it and a line stating it."""
     metric = next(c for c in table.columns if c.startswith("val_"))[4:]
     pct = metric in ("accuracy", "balanced_accuracy", "auroc")
     scale = 100.0 if pct else 1.0
     unit = " %" if pct else ""
+    bayes = _bayes(table, metric)
     searched = table.columns[table.columns.index("seeds") + 1:table.columns.index("trials")]
     heads = " | ".join(HEADERS.get(c, c) for c in searched)
-    lines = [f"| variant | stage | val {metric}{unit} | test {metric}{unit} (mean ± std) | seeds | {heads} | "
-             "trials | epochs | time s |", "|---|---:|---:|---:|---:|" + "---:|" * len(searched) + "---:|---:|---:|"]
+    gap_head, gap_rule = (" to Bayes (pts) |", "---:|") if bayes is not None else ("", "")
+    lines = [f"| variant | stage | val {metric}{unit} | test {metric}{unit} (mean ± std) |{gap_head} seeds | {heads} | "
+             "trials | epochs | time s |",
+             "|---|---:|---:|---:|" + gap_rule + "---:|" + "---:|" * len(searched) + "---:|---:|---:|"]
     for r in table.iter_rows(named=True):
         val = r[f"val_{metric}"]
         mean, std = r[f"test_{metric}_mean"], r[f"test_{metric}_std"]
         test = "-" if mean is None else f"{mean * scale:.2f} ± {std * scale:.2f}"
+        if bayes is not None:
+            test += " | " + ("-" if mean is None else f"{100 * (mean - bayes):+.2f}")
         cells = " | ".join(_fmt(r[c], ".3g") if isinstance(r[c], float) else _fmt(r[c], "") for c in searched)
         trials = f"{r['trials']} ({r['failed']} failed)" if r.get("failed") else f"{r['trials']}"
         lines.append(f"| {r['variant']} | {r['stage']} | {_fmt(None if val is None else val * scale, '.2f')} | "
                      f"{test} | {r['seeds']} | {cells} | {trials} | {r['epochs']} | {r['wall_s']:.0f} |")
+    if bayes is not None:
+        lines.append(f"\nBayes-optimal test accuracy of this dataset (from its manifest): {100 * bayes:.2f} %; "
+                     "'to Bayes' = test mean minus it.")
     return "\n".join(lines)
 
 

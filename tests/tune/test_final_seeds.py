@@ -17,7 +17,7 @@ import yaml
 
 from i2m2_ray.config import to_dict
 from i2m2_ray.errors import I2M2Error
-from i2m2_ray.tune.analysis import missing_modality_table
+from i2m2_ray.tune.analysis import expert_ablation_table
 from i2m2_ray.tune.experiment import load_experiment
 from i2m2_ray.tune.phases import stage2_final_inits
 from i2m2_ray.tune.results import results_table
@@ -139,7 +139,7 @@ def test_table_and_missing_modality_read_the_stage2_final_runs(smoke):
     row = table.filter(table["variant"] == "i2m2:lf").row(0, named=True)
     assert row["seeds"] == 2 and math.isclose(row["test_accuracy_mean"], statistics.mean(accs))
     assert math.isclose(row["test_accuracy_std"], statistics.stdev(accs), abs_tol=1e-12)
-    missing = missing_modality_table(out, "accuracy")
+    missing = expert_ablation_table(out, "accuracy")
     full = missing.filter((missing["model"] == "i2m2:lf") & (missing["left_out"] == "(none)")).row(0, named=True)
     assert full["seeds"] == 2 and math.isclose(full["accuracy_mean"], statistics.mean(accs), abs_tol=1e-9)
 
