@@ -63,8 +63,7 @@ def plan_units(files: list[str], columns: list[str], block_bytes: int = DEFAULT_
 def read_unit(unit: ReadUnit, columns: list[str]) -> Iterable[pa.Table]:
     """The read task's body (runs in a Ray worker): one block per unit, only the needed columns."""
     # One thread: Ray already runs a read task per CPU, and pyarrow's pool on top costs CPU time here.
-    table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns, use_threads=False)
-    yield table.combine_chunks()
+    yield pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns, use_threads=False)
 
 
 class RowGroupSource(Datasource):
