@@ -33,18 +33,33 @@ from i2m2_ray.data.ray_data import RayBatches, choose_mode, collate, estimate_by
 
 BATCH = 64
 CONCLUSION = """
-Which mode the trainer picks: `choose_mode` (i2m2_ray/data/ray_data.py) picks **materialize** whenever the
-needed columns fit in half the object store (all three datasets here; also the full AV-MNIST train split,
-~2.9 GB, in the 7.3 GB default store of this 24 GB machine; the full fastMRI knee train split,
-~28 GB, streams),
-else **stream**. Why: a streamed epoch re-pays the Ray Data start-up
-(1.5-3.5 s before the first batch, every epoch) and on 2 cores competes with training for the CPUs (and
-deadlocks if Train workers hold them all), while a materialized dataset is read once in the driver and
-then serves batches at 15-18k image+audio rows/s and ~1k MRI slices/s: about 2x the in-process
-pyarrow + DataLoader reader for AV-MNIST and MRI rows and 4-5x a DataLoader with one worker process
-(measured run; for the small builtin rows the in-process pyarrow reader was faster, 25k vs 16k rows/s).
-Streaming is for data larger than the object store. For single-process runs
-on one machine the in-memory reader (memory.py) is faster still and needs no Ray at all.
+Where a streamed epoch's time went before (profiled with cProfile in the driver and `Dataset.stats()`;
+the `read_parquet (before)` rows re-run that pipeline): Ray 2.60's Parquet datasource V2 re-lists the
+files and re-reads their footers on a fresh pool of 32 `FooterReader` actors on every execution, i.e.
+every epoch (ListFiles: 2.1 s wall for 73 ms of CPU at load average 11, 30-60 s when the machine is
+more loaded), then packs row groups into 128 MiB read units (4,000 AV-MNIST rows became 3 blocks, so the
+first batch waited for most of the file), and `randomize_block_order` on a stream is an all-to-all
+barrier that waits for every block. The driver itself spent >90 % of the epoch in
+`get_output_blocking` (sleeping); collate was ~0.1 s of 3.2 s. Now (`i2m2_ray/data/ray_source.py`):
+footers are read once in the driver, each read task reads whole row groups (one ~13 MiB block for
+these datasets; `override_num_blocks` keeps Ray from cutting it into ~20-row pieces), only the needed
+columns, `use_threads=False`; a shuffled epoch permutes the read tasks (no barrier; order fixed by
+(seed, epoch) via `preserve_order`), and batches are collated in Ray's prefetch threads
+(`iter_torch_batches(collate_fn=ArrowBatchCollateFn, prefetch_batches=4)`). Fixed-shape tensor
+columns stay Arrow buffers until the collate step; no pandas anywhere.
+
+What bounds a streamed epoch now is Parquet decoding: reading the needed columns costs ~0.4 CPU-s
+per 4,000 AV-MNIST rows (209 MB) and ~0.4 CPU-s per 240 MRI slices (193 MB) single-threaded, on top
+of the consumer's work that both modes share (shuffle-buffer `take` + float32 copy). A materialized
+epoch pays only the latter. On 2 CPUs that leaves the stream at best about half the materialized
+rate, and less whenever the machine is busy (every run here shared the 2 CPUs with other jobs; the
+load average is in the log). The MRI split in this bench is only 240 slices (under 4 batches), so its
+1,024-row shuffle buffer makes the stream read the whole epoch before the first batch.
+
+Which mode the trainer picks: `choose_mode` picks **materialize** whenever the needed columns fit in
+half the object store (all three datasets here; also the full AV-MNIST train split, ~2.9 GB, in the
+7.3 GB default store of this 24 GB machine; the full fastMRI knee train split, ~28 GB, streams), else
+**stream**. For single-process runs on one machine the in-memory reader (memory.py) needs no Ray.
 """
 
 
