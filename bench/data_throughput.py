@@ -51,9 +51,11 @@ columns stay Arrow buffers until the collate step; no pandas anywhere.
 What bounds a streamed epoch now is Parquet decoding: reading the needed columns costs ~0.4 CPU-s
 per 4,000 AV-MNIST rows (209 MB) and ~0.4 CPU-s per 240 MRI slices (193 MB) single-threaded, on top
 of the consumer's work that both modes share (shuffle-buffer `take` + float32 copy). A materialized
-epoch pays only the latter. On 2 CPUs that leaves the stream at best about half the materialized
-rate, and less whenever the machine is busy (every run here shared the 2 CPUs with other jobs; the
-load average is in the log). The MRI split in this bench is only 240 slices (under 4 batches), so its
+epoch pays only the latter (~0.3 CPU-s per 4,000 AV-MNIST rows). With 2 idle CPUs the decoding
+runs beside the consumer (an estimated 0.6-0.8x; not measured: this shared machine was never idle
+during the session); when other work holds the CPUs, the stream gets at most the ratio of CPU costs,
+~0.3 / 0.7, about 0.4x, less Ray's per-task overhead (the load average is in the header).
+The MRI split in this bench is only 240 slices (under 4 batches), so its
 1,024-row shuffle buffer makes the stream read the whole epoch before the first batch.
 
 Which mode the trainer picks: `choose_mode` picks **materialize** whenever the needed columns fit in
@@ -193,6 +195,7 @@ def main() -> int:
 
     from i2m2_ray.cluster import init_ray
 
+    load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     init_ray(num_cpus=os.cpu_count(), log_to_driver=False, quiet=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-") as tmp:
@@ -209,7 +212,7 @@ def main() -> int:
              "rows": r["rows"],
              "auto mode": f"{r['auto_mode']} ({r['train_bytes'] / 2**20:.0f} MiB)"} for r in results]
     env = environment(command="python -m bench.data_throughput " + " ".join(sys.argv[1:]), gpu_used="no",
-                      batch_size=BATCH)
+                      batch_size=BATCH, load_average_1m=f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     save("data_throughput", "Data throughput: Parquet -> training batches", env, rows, notes=CONCLUSION,
          out=args.out, payload={"results": results})
     return 0
