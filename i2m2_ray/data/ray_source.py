@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from i2m2_ray.errors import DataError
+
 DEFAULT_BLOCK_BYTES = 16 * 2**20
 
 
@@ -42,7 +44,10 @@ def plan_units(files: list[str], columns: list[str], block_bytes: int = DEFAULT_
     units: list[ReadUnit] = []
     wanted = set(columns)
     for path in files:
-        md = pq.ParquetFile(path).metadata
+        try:
+            md = pq.ParquetFile(path).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
         group: list[int] = []
         rows = nbytes = 0
         for g in range(md.num_row_groups):
