@@ -162,3 +162,10 @@ def test_stream_read_order_changes_every_execution(ray_local, builtin_dataset):
     orders = [block_order(it) for _ in range(3)]
     assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2]) and len(orders[0]) == len(reader.units)
     assert len({tuple(o) for o in orders}) > 1
+
+
+def test_plan_units_names_an_unreadable_file(tmp_path):
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match=r"train\.parquet: unreadable Parquet"):
+        plan_units([str(bad)], ["image"])
