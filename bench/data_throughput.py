@@ -33,18 +33,35 @@ from i2m2_ray.data.ray_data import RayBatches, choose_mode, collate, estimate_by
 
 BATCH = 64
 CONCLUSION = """
-Which mode the trainer picks: `choose_mode` (i2m2_ray/data/ray_data.py) picks **materialize** whenever the
-needed columns fit in half the object store (all three datasets here; also the full AV-MNIST train split,
-~2.9 GB, in the 7.3 GB default store of this 24 GB machine; the full fastMRI knee train split,
-~28 GB, streams),
-else **stream**. Why: a streamed epoch re-pays the Ray Data start-up
-(1.5-3.5 s before the first batch, every epoch) and on 2 cores competes with training for the CPUs (and
-deadlocks if Train workers hold them all), while a materialized dataset is read once in the driver and
-then serves batches at 15-18k image+audio rows/s and ~1k MRI slices/s: about 2x the in-process
-pyarrow + DataLoader reader for AV-MNIST and MRI rows and 4-5x a DataLoader with one worker process
-(measured run; for the small builtin rows the in-process pyarrow reader was faster, 25k vs 16k rows/s).
-Streaming is for data larger than the object store. For single-process runs
-on one machine the in-memory reader (memory.py) is faster still and needs no Ray at all.
+Where a streamed epoch's time went before (profiled with cProfile in the driver and `Dataset.stats()`;
+the `read_parquet (before)` rows re-run that pipeline): Ray 2.60's Parquet datasource V2 re-lists the
+files and re-reads their footers on a fresh pool of 32 `FooterReader` actors on every execution, i.e.
+every epoch (ListFiles: 2.1 s wall for 73 ms of CPU at load average 11, 30-60 s when the machine is
+more loaded), then packs row groups into 128 MiB read units (4,000 AV-MNIST rows became 3 blocks, so the
+first batch waited for most of the file), and `randomize_block_order` on a stream is an all-to-all
+barrier that waits for every block. The driver itself spent >90 % of the epoch in
+`get_output_blocking` (sleeping); collate was ~0.1 s of 3.2 s. Now (`i2m2_ray/data/ray_source.py`):
+footers are read once in the driver, each read task reads whole row groups (one ~13 MiB block for
+these datasets; `override_num_blocks` keeps Ray from cutting it into ~20-row pieces), only the needed
+columns, `use_threads=False`; a shuffled epoch permutes the read tasks (no barrier; order fixed by
+(seed, epoch) via `preserve_order`), and batches are collated in Ray's prefetch threads
+(`iter_torch_batches(collate_fn=ArrowBatchCollateFn, prefetch_batches=4)`). Fixed-shape tensor
+columns stay Arrow buffers until the collate step; no pandas anywhere.
+
+What bounds a streamed epoch now is Parquet decoding: reading the needed columns costs ~0.4 CPU-s
+per 4,000 AV-MNIST rows (209 MB) and ~0.4 CPU-s per 240 MRI slices (193 MB) single-threaded, on top
+of the consumer's work that both modes share (shuffle-buffer `take` + float32 copy). A materialized
+epoch pays only the latter (~0.3 CPU-s per 4,000 AV-MNIST rows). With 2 idle CPUs the decoding
+runs beside the consumer (an estimated 0.6-0.8x; not measured: this shared machine was never idle
+during the session); when other work holds the CPUs, the stream gets at most the ratio of CPU costs,
+~0.3 / 0.7, about 0.4x, less Ray's per-task overhead (the load average is in the header).
+The MRI split in this bench is only 240 slices (under 4 batches), so its
+1,024-row shuffle buffer makes the stream read the whole epoch before the first batch.
+
+Which mode the trainer picks: `choose_mode` picks **materialize** whenever the needed columns fit in
+half the object store (all three datasets here; also the full AV-MNIST train split, ~2.9 GB, in the
+7.3 GB default store of this 24 GB machine; the full fastMRI knee train split, ~28 GB, streams), else
+**stream**. For single-process runs on one machine the in-memory reader (memory.py) needs no Ray.
 """
 
 
@@ -60,6 +77,23 @@ class ParquetRowGroups(torch.utils.data.IterableDataset):
         for fname in self.manifest.splits[self.split].files:
             for rb in pq.ParquetFile(self.root / fname).iter_batches(batch_size=BATCH, columns=cols):
                 yield collate(pa.Table.from_batches([rb]), self.manifest)
+
+
+def read_parquet_stream(root: Path, split: str):
+    """The streaming pipeline this bench measured first: ``read_parquet`` per epoch (footers re-read on an
+    actor pool, 128 MiB read units), ``randomize_block_order`` (a barrier), collate in the consumer."""
+    import ray.data
+
+    manifest = load_manifest(root)
+    ds = ray.data.read_parquet([str(root / f) for f in manifest.splits[split].files])
+    ds = ds.select_columns(needed_columns(manifest))
+
+    def epoch():
+        kwargs = {"batch_size": BATCH, "batch_format": "pyarrow", "local_shuffle_buffer_size": 1024,
+                  "local_shuffle_seed": 0}
+        for table in ds.randomize_block_order(seed=0).iter_batches(**kwargs):
+            yield collate(table, manifest)
+    return epoch
 
 
 def _epoch(make_iter) -> tuple[int, float, float]:
@@ -82,12 +116,15 @@ def bench_dataset(name: str, root: Path, split: str = "train") -> list[dict]:
         results.append({"dataset": name, "mode": mode, "rows": rows, "epoch_s": round(wall, 3),
                         "rows_per_s": round(rows / wall), "first_batch_s": round(first, 3),
                         "setup_s": round(setup_s, 2)})
-        print(f"  {name:8s} {mode:22s} {rows / wall:9.0f} rows/s  first batch {first:6.2f} s  setup {setup_s:5.2f} s",
+        print(f"  {name:8s} {mode:32s} {rows / wall:9.0f} rows/s  first batch {first:6.2f} s  setup {setup_s:5.2f} s",
               flush=True)
 
     t = time.perf_counter()
     stream = RayBatches(root, split, BATCH, mode="stream", shuffle=True)
     record("ray-stream", lambda: stream.iter_batches(0), time.perf_counter() - t)
+    t = time.perf_counter()
+    before = read_parquet_stream(root, split)
+    record("ray-stream read_parquet (before)", lambda: before(), time.perf_counter() - t)
     t = time.perf_counter()
     mat = RayBatches(root, split, BATCH, mode="materialize", shuffle=True)
     record("ray-materialized", lambda: mat.iter_batches(0), time.perf_counter() - t)
@@ -98,7 +135,9 @@ def bench_dataset(name: str, root: Path, split: str = "train") -> list[dict]:
     t = time.perf_counter()
     mem = load_split(root, split)
     record("in-memory (memory.py)", lambda: iterate_batches(mem, BATCH, shuffle=True), time.perf_counter() - t)
+    materialized = next(r["rows_per_s"] for r in results if r["mode"] == "ray-materialized")
     for r in results:
+        r["vs_materialized"] = round(r["rows_per_s"] / materialized, 2)
         r["auto_mode"] = choose_mode(root, [split])
         r["train_bytes"] = estimate_bytes(root, [split])
     return results
@@ -156,6 +195,7 @@ def main() -> int:
 
     from i2m2_ray.cluster import init_ray
 
+    load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     init_ray(num_cpus=os.cpu_count(), log_to_driver=False, quiet=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="i2m2-bench-") as tmp:
@@ -168,10 +208,11 @@ def main() -> int:
     ray.shutdown()
 
     rows = [{"dataset": r["dataset"], "mode": r["mode"], "rows/s (epoch 2)": r["rows_per_s"],
-             "first batch s": r["first_batch_s"], "setup s": r["setup_s"], "rows": r["rows"],
+             "x materialized": r["vs_materialized"], "first batch s": r["first_batch_s"], "setup s": r["setup_s"],
+             "rows": r["rows"],
              "auto mode": f"{r['auto_mode']} ({r['train_bytes'] / 2**20:.0f} MiB)"} for r in results]
     env = environment(command="python -m bench.data_throughput " + " ".join(sys.argv[1:]), gpu_used="no",
-                      batch_size=BATCH)
+                      batch_size=BATCH, load_average_1m=f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     save("data_throughput", "Data throughput: Parquet -> training batches", env, rows, notes=CONCLUSION,
          out=args.out, payload={"results": results})
     return 0

@@ -6,12 +6,14 @@ the manifest's ``max_samples`` in the collate step, scaled to [-1, 1]) and int64
 ``(B, L)``. The collate step works on pyarrow tables, so the ragged ``list<int16>`` audio column never
 has to become a torch tensor inside Ray.
 
-Modes (costs measured on a 2-CPU machine):
-- ``"materialize"``: ``read_parquet`` runs once, in the driver, and the blocks stay in the object
-  store; every epoch iterates from memory (first batch ~0.15 s, ~10k image+audio rows/s/worker).
-  It also sidesteps the CPU deadlock: no read task needs a CPU once the trainers hold them all.
-- ``"stream"``: the read pipeline runs again every epoch (3-7 s before the first batch) with bounded
-  memory; it needs at least one CPU free of Train workers or ``read_parquet`` waits forever.
+Modes (both read through :mod:`i2m2_ray.data.ray_source`: footers read once, one block per few row
+groups, only the needed columns; costs in ``bench/results/data_throughput.md``):
+- ``"materialize"``: the read runs once, in the driver, and the blocks stay in the object store;
+  every epoch iterates from memory. It also sidesteps the CPU deadlock: no read task needs a CPU
+  once the trainers hold them all.
+- ``"stream"``: the read runs again every epoch, with bounded memory, pipelined with the consumer
+  (read tasks permuted per epoch instead of an all-to-all block shuffle); it needs at least one CPU
+  free of Train workers or the read tasks wait forever.
 
 :func:`choose_mode` rule: ``override`` argument, else env ``I2M2_DATA_MODE``, else "materialize" when the
 uncompressed size of the needed columns is at most ``memory_fraction`` (0.5) of the object store
@@ -38,6 +40,7 @@ shards with ``Dataset.split(world_size, equal=True)``. The same reader without R
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 
 Mode = Literal["materialize", "stream"]
 MODE_ENV = "I2M2_DATA_MODE"
+PREFETCH_BATCHES = 4  # batches Ray fetches and collates ahead of the consumer
 
 
 def needed_columns(manifest: Manifest, modalities: list[str] | None = None) -> list[str]:
@@ -134,37 +138,57 @@ def collate(table: pa.Table, manifest: Manifest, modalities: list[str] | None = 
     return inputs, torch.from_numpy(labels_to_numpy(table, manifest, where))
 
 
+@functools.cache
+def _collate_fn_class() -> type:
+    """``collate`` as a Ray ``ArrowBatchCollateFn`` (built on first use: this module imports without Ray).
+    Ray calls it in its prefetch threads, so decoding the next batches overlaps the consumer's step."""
+    from ray.data.collate_fn import ArrowBatchCollateFn
+
+    class Collate(ArrowBatchCollateFn):
+        def __init__(self, manifest: Manifest, modalities: list[str] | None) -> None:
+            self.manifest, self.modalities = manifest, modalities
+
+        def __call__(self, table: pa.Table) -> Batch:
+            return collate(table, self.manifest, self.modalities)
+
+    return Collate
+
+
 def iter_torch_batches(source: ray.data.Dataset | ray.data.DataIterator, manifest: Manifest, batch_size: int, *,
                        shuffle: bool = False, seed: int = 0, epoch: int = 0, modalities: list[str] | None = None,
                        drop_last: bool = False, shuffle_buffer: int | None = None,
-                       prefetch_batches: int = 1) -> Iterator[Batch]:
+                       prefetch_batches: int = PREFETCH_BATCHES) -> Iterator[Batch]:
     """Yield (inputs, labels) from a Ray Dataset or a Train shard (``get_dataset_shard``).
 
-    Shuffling: block order randomised per (seed, epoch) when ``source`` is a Dataset, plus a local
-    shuffle buffer seeded by (seed, epoch); it approximates a full permutation without an all-to-all shuffle.
+    Shuffling here is Ray's local shuffle buffer seeded by (seed, epoch); the block order is shuffled
+    upstream (``RayBatches``: read tasks permuted per epoch when streaming, ``randomize_block_order`` when
+    materialized), which together approximate a full permutation without an all-to-all shuffle. Batches
+    are collated in Ray's prefetch threads (``iter_torch_batches(collate_fn=...)``), on the CPU: the
+    training loop moves them to its device.
     """
-    import ray.data
-
-    ep_seed = seed * 1_000_003 + epoch
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "batch_format": "pyarrow", "drop_last": drop_last,
-                              "prefetch_batches": prefetch_batches}
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "drop_last": drop_last, "device": "cpu",
+                              "prefetch_batches": prefetch_batches,
+                              "collate_fn": _collate_fn_class()(manifest, modalities)}
     if shuffle:
-        if isinstance(source, ray.data.Dataset):
-            source = source.randomize_block_order(seed=ep_seed)
         kwargs["local_shuffle_buffer_size"] = shuffle_buffer or max(4 * batch_size, 1024)
-        kwargs["local_shuffle_seed"] = ep_seed
-    for table in source.iter_batches(**kwargs):
-        yield collate(table, manifest, modalities)
+        kwargs["local_shuffle_seed"] = seed * 1_000_003 + epoch
+    yield from source.iter_torch_batches(**kwargs)
 
 
 class RayBatches:
-    """One split as a Ray Dataset (validated, mode chosen) with an ``iter_batches(epoch)`` method."""
+    """One split as a Ray Dataset (validated, mode chosen) with an ``iter_batches(epoch)`` method.
+
+    Both modes read through :class:`~i2m2_ray.data.ray_source.RowGroupSource` (footers read once,
+    here; one block per few row groups; only the needed columns). ``dataset`` is what Ray Train gets:
+    materialized, or a stream whose read order is permuted on every execution (epoch) when ``shuffle``.
+    """
 
     def __init__(self, dataset_dir: str | Path, split: str, batch_size: int, *, mode: str = "auto",
                  modalities: list[str] | None = None, shuffle: bool = False, seed: int = 0,
-                 reserved_cpus: float = 0.0) -> None:
+                 reserved_cpus: float = 0.0, block_bytes: int | None = None) -> None:
         import ray
-        import ray.data
+
+        from i2m2_ray.data.ray_source import DEFAULT_BLOCK_BYTES, plan_units
 
         if not ray.is_initialized():
             raise DataError("Ray is not initialised: call ray.init() first (or use i2m2_ray.data.memory)")
@@ -174,14 +198,40 @@ class RayBatches:
         self.modalities = modalities or list(self.manifest.modalities)
         self.mode: Mode = choose_mode(self.root, [split], modalities=self.modalities,
                                       override=None if mode == "auto" else mode, reserved_cpus=reserved_cpus)
-        files = [str(self.root / f) for f in self.manifest.splits[split].files]
-        ds = ray.data.read_parquet(files).select_columns(needed_columns(self.manifest, self.modalities))
-        self.dataset: ray.data.Dataset = ds.materialize() if self.mode == "materialize" else ds
+        self.columns = needed_columns(self.manifest, self.modalities)
+        self.units = plan_units([str(self.root / f) for f in self.manifest.splits[split].files], self.columns,
+                                block_bytes or DEFAULT_BLOCK_BYTES)
+        if self.mode == "materialize":
+            self.dataset: ray.data.Dataset = self._read(None).materialize()
+        else:
+            self.dataset = self._read(seed if shuffle else None)
         self._shards: dict[int, list[ray.data.Dataset]] = {}
+
+    def _read(self, seed: int | None) -> ray.data.Dataset:
+        import ray.data
+
+        from i2m2_ray.data.ray_source import RowGroupSource
+
+        # One output block per read task: Ray would otherwise cut each into ~200 / len(units) pieces.
+        ds = ray.data.read_datasource(RowGroupSource(self.units, self.columns, seed),
+                                      override_num_blocks=len(self.units))
+        # Blocks in read-task order, not completion order: file order unshuffled, and a shuffled epoch
+        # depends only on (seed, epoch). Read tasks are of similar size, so waiting in order costs little.
+        ds.context.execution_options.preserve_order = True
+        return ds
+
+    def epoch_dataset(self, epoch: int) -> ray.data.Dataset:
+        """This epoch's Dataset; with ``shuffle`` its block order depends only on (seed, epoch)."""
+        if not self.shuffle:
+            return self.dataset
+        ep_seed = self.seed * 1_000_003 + epoch
+        if self.mode == "materialize":
+            return self.dataset.randomize_block_order(seed=ep_seed)
+        return self._read(ep_seed)  # a barrier-free shuffle: the read tasks come in a permuted order
 
     def iter_batches(self, epoch: int = 0, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         """One epoch of batches; with ``world_size`` > 1, this rank's equal, disjoint share."""
-        ds = self.dataset
+        ds = self.epoch_dataset(epoch) if world_size == 1 else self.dataset
         if world_size > 1:
             if world_size not in self._shards:
                 self._shards[world_size] = ds.split(world_size, equal=True)

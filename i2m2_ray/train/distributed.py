@@ -227,8 +227,10 @@ def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
     from i2m2_ray.train.loop import prepare_run
 
     root, _, mods = prepare_run(cfg)
-    reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods,
-                        mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker)
+    # shuffle: a streamed split's read tasks come in a new order every epoch (the workers add Ray's
+    # local shuffle buffer); a materialized one is shuffled by that buffer only.
+    reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods, shuffle=True,
+                        seed=cfg.seed, mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker)
     print(f"training data: Ray Data, {reader.mode} ({root})", flush=True)
     return {"train": reader.dataset}
 

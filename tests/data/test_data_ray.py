@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -11,7 +13,9 @@ from i2m2_ray.data.ray_data import (
     choose_mode,
     estimate_bytes,
     iter_torch_batches,
+    needed_columns,
 )
+from i2m2_ray.data.ray_source import plan_units
 from i2m2_ray.data.validate import validate_dataset
 from i2m2_ray.errors import DataError
 
@@ -28,10 +32,21 @@ def _collect(batches):
 
 
 def _sorted_rows(inputs, labels):
-    """Order rows canonically so shuffled and unshuffled epochs can be compared."""
-    key = inputs["image"].flatten(1).sum(1) * 1e6 + inputs["audio"].flatten(1).abs().sum(1)
+    """Order rows canonically (by their values) so shuffled and unshuffled epochs can be compared."""
+    keys = [v.double().flatten(1) for v in inputs.values()]
+    key = sum((x * torch.linspace(1, 2, x.shape[1], dtype=torch.float64)).sum(1) * 10.0 ** (3 * i)
+              for i, x in enumerate(keys))
     order = torch.argsort(key)
     return {k: v[order] for k, v in inputs.items()}, labels[order]
+
+
+def _assert_same_rows(got, ref):
+    """Equal as multisets of rows: every value exact, whatever the order."""
+    a, b = _sorted_rows(*got), _sorted_rows(ref.inputs, ref.labels)
+    assert a[0].keys() == b[0].keys()
+    for k in b[0]:
+        assert torch.equal(a[0][k], b[0][k]), k
+    assert torch.equal(a[1], b[1])
 
 
 def test_choose_mode_rule(builtin_dataset, monkeypatch):
@@ -73,9 +88,7 @@ def test_shuffle_and_shards(ray_local, builtin_dataset):
     assert torch.equal(e0[1], e0_again[1])  # the order depends only on (seed, epoch)
     assert not torch.equal(e0[1], ref.labels) or not torch.equal(e0[0]["image"], ref.inputs["image"])
     for got in (e0, e1):
-        a, b = _sorted_rows(*got), _sorted_rows(ref.inputs, ref.labels)
-        torch.testing.assert_close(a[0]["image"], b[0]["image"])  # a permutation of the split
-        assert torch.equal(a[1], b[1])
+        _assert_same_rows(got, ref)  # a permutation of the split
     parts = [_collect(reader.iter_batches(0, rank=r, world_size=2)) for r in (0, 1)]
     assert len(parts[0][1]) == len(parts[1][1]) == 150
     keys = [set(p[0]["image"].flatten(1).sum(1).tolist()) for p in parts]
@@ -103,3 +116,56 @@ def test_stream_refused_when_workers_hold_every_cpu(ray_local, builtin_dataset):
     with pytest.raises(DataError, match="CPU free of Train workers"):
         choose_mode(builtin_dataset, override="stream", reserved_cpus=2)
     assert choose_mode(builtin_dataset, reserved_cpus=2) == "materialize"
+
+
+def test_plan_units_cover_every_row_group_once(builtin_dataset):
+    manifest = validate_dataset(builtin_dataset)
+    files = [str(builtin_dataset / f) for f in manifest.splits["train"].files]
+    cols = needed_columns(manifest)
+    groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in files)
+    small = plan_units(files, cols, block_bytes=1)  # below one group: one group per unit
+    assert [u.row_groups for u in small] == [(g,) for g in range(groups)] and len(small) >= 2
+    whole = plan_units(files, cols, block_bytes=2**40)
+    assert len(whole) == len(files) and whole[0].row_groups == tuple(range(groups))
+    for units in (small, whole):
+        assert sum(u.rows for u in units) == manifest.splits["train"].rows
+        assert sum(u.nbytes for u in units) == estimate_bytes(builtin_dataset, ["train"])
+
+
+@pytest.mark.parametrize("name", ["builtin", "fastmri"])
+def test_stream_epochs_hold_exactly_the_split(ray_local, builtin_dataset, fastmri_dataset, name):
+    """A shuffled streamed epoch is a permutation of the rows the in-memory reader loads (exact values),
+    fixed by (seed, epoch), different between epochs; unshuffled, it is the file order."""
+    root = builtin_dataset if name == "builtin" else fastmri_dataset
+    ref = load_split(root, "train")
+    reader = RayBatches(root, "train", batch_size=16, mode="stream", shuffle=True, seed=2, block_bytes=1)
+    assert len(reader.units) >= 2
+    e0, e0_again, e1 = (_collect(reader.iter_batches(e)) for e in (0, 0, 1))
+    for got in (e0, e1):
+        _assert_same_rows(got, ref)
+    assert torch.equal(e0[1], e0_again[1]) and all(torch.equal(e0[0][k], e0_again[0][k]) for k in ref.inputs)
+    first = next(iter(ref.inputs))
+    assert not torch.equal(e0[0][first], e1[0][first])
+    plain = _collect(RayBatches(root, "train", batch_size=16, mode="stream", block_bytes=1).iter_batches(0))
+    assert all(torch.equal(plain[0][k], ref.inputs[k]) for k in ref.inputs) and torch.equal(plain[1], ref.labels)
+
+
+def test_stream_read_order_changes_every_execution(ray_local, builtin_dataset):
+    """The Dataset handed to Ray Train is executed once per epoch: its read tasks come permuted anew."""
+    reader = RayBatches(builtin_dataset, "train", batch_size=16, mode="stream", shuffle=True, seed=0, block_bytes=1)
+
+    def block_order(it):
+        return [int(b["label"].to_numpy().astype("int64") @ (1 + np.arange(len(b))))
+                for b in it.iter_batches(batch_size=None, batch_format="pyarrow")]
+
+    it = reader.dataset.iterator()
+    orders = [block_order(it) for _ in range(3)]
+    assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2]) and len(orders[0]) == len(reader.units)
+    assert len({tuple(o) for o in orders}) > 1
+
+
+def test_plan_units_names_an_unreadable_file(tmp_path):
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match=r"train\.parquet: unreadable Parquet"):
+        plan_units([str(bad)], ["image"])
