@@ -229,10 +229,14 @@ def check_storage(spec: Any) -> str:
         try:
             from sqlalchemy.engine import make_url
 
-            make_url(spec).get_dialect().import_dbapi()
+            url = make_url(spec)
+            url.get_dialect().import_dbapi()
         except Exception as exc:  # noqa: BLE001 - any reason the URL cannot be opened is the user's to fix
             raise ConfigError(f"search.storage: {spec}: not an RDB URL this installation can open "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).parent.is_dir():
+            raise ConfigError(f"search.storage: {Path(url.database).parent} does not exist (the SQLite file's "
+                              "directory)")
         return spec
     path = Path(spec).expanduser().resolve()
     if not path.parent.is_dir():

@@ -210,6 +210,7 @@ def build_tuner(exp: ExperimentConfig, name: str, variant: str, param_space: dic
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from i2m2_ray.tune.multisearch import TIMELINE, Timeline
     from i2m2_ray.tune.progress import TrialPrinter
 
     b, key = exp.budget, metric_key(exp)
@@ -219,7 +220,8 @@ def build_tuner(exp: ExperimentConfig, name: str, variant: str, param_space: dic
         num_samples=b.trials if search else 1,
         search_alg=make_searcher(exp, variant, seed) if search else None,
         scheduler=ASHAScheduler(**_asha_args(exp)) if search else None)
-    run_config = _run_config(exp, name, [TrialPrinter(variant, key)], storage_path)
+    where = Path(storage_path or Path(exp.output_dir).resolve()) / name
+    run_config = _run_config(exp, name, [TrialPrinter(variant, key), Timeline(where / TIMELINE)], storage_path)
     return tune.Tuner(make_trainable(exp), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 

@@ -28,6 +28,8 @@ def test_storage_values_are_checked_before_ray_starts(tmp_path, monkeypatch):
         load_experiment(SMOKE_EXPERIMENT, ["search.storage=nosuchdb://x/y"])
     with pytest.raises(ConfigError, match=r"^search.storage: .* is a directory"):
         load_experiment(SMOKE_EXPERIMENT, [f"search.storage={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^search.storage: /nonexistent-dir does not exist \(the SQLite"):
+        load_experiment(SMOKE_EXPERIMENT, ["search.storage=sqlite:////nonexistent-dir/studies.db"])
     url = f"sqlite:///{tmp_path}/studies.db"
     assert load_experiment(SMOKE_EXPERIMENT, [f"search.storage={url}"]).search_storage == url
     monkeypatch.chdir(tmp_path)

@@ -18,6 +18,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from i2m2_ray.tune.experiment import load_experiment
@@ -40,6 +41,7 @@ def own_address_file(temp: str):
     not the one other Ray users on this machine see."""
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp
+    os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
     try:
         yield
     finally:
@@ -87,6 +89,11 @@ def _trial_variants(out: Path) -> dict[str, str]:
             for v in STAGE1 for t in state.phase(f"search-{v.replace(':', '-')}")["trials"]}
 
 
+def _results(out: Path, trial: str) -> list[dict]:
+    path = out / "search-stage1" / f"trial_{trial}" / "result.json"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
 @pytest.mark.slow
 def test_stage1_runs_every_variant_at_once(stage1_run):
     out, log = stage1_run
@@ -97,7 +104,7 @@ def test_stage1_runs_every_variant_at_once(stage1_run):
     for trial, span in spans.items():
         assert span["start"] < span["end"], trial
         # Tune's own per-result timestamps (whole seconds) fall inside the recorded span.
-        rows = [json.loads(x) for x in (out / "search-stage1" / f"trial_{trial}" / "result.json").read_text().split()]
+        rows = _results(out, trial)
         assert rows and all(span["start"] - 1 <= r["timestamp"] <= span["end"] + 1 for r in rows), trial
     # Some moment when a trial of every stage-1 variant was running.
     together = [t for t in sorted(s["start"] for s in spans.values())
@@ -113,9 +120,13 @@ def test_asha_compares_trials_of_one_variant_only(stage1_run):
     decisions = [json.loads(x) for x in (out / "search-stage1" / DECISIONS).read_text().splitlines()]
     compared = [d for d in decisions if d["compared"]]
     assert {d["variant"] for d in compared} == set(STAGE1)  # every variant's trials met a rung with others
+    value = {(t, r["epoch"]): r["val/accuracy_best"] for t in owners for r in _results(out, t)}
     for d in decisions:
         assert owners[d["trial"]] == d["variant"]
         assert {owners[t] for t in d["compared"]} <= {d["variant"]}, d
+        if d["compared"]:  # the action is ASHA's rule over exactly those trials' values at that epoch
+            cutoff = np.nanpercentile([value[(t, d["epoch"])] for t in d["compared"]], 50)
+            assert d["action"] == ("STOP" if value[(d["trial"], d["epoch"])] < cutoff else "CONTINUE"), d
     # The first trial of a variant at each rung has nothing to be compared with: every variant, the
     # hopeless audio one included, trains one trial to the end.
     state = ExperimentState(out)
