@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ def _timeline_spans(run_dirs: list[Path]) -> list[tuple[float, float]]:
 
     spans = []
     for d in run_dirs:
+        if not (d / TIMELINE).is_file():  # a stage with one variant runs it in its own search-<variant>
+            continue
         for s in read_timeline(d / TIMELINE).values():
             if "start" in s and "end" in s:
                 spans.append((s["start"], s["end"]))
@@ -52,7 +55,7 @@ def run_stage(exp, stage: int, inits: dict[str, dict[str, str]], side_by_side: b
     t0 = time.time()
     if side_by_side:
         best = search_stage(exp, stage, inits, state, resume=False)
-        dirs = [out / stage_name(stage)]
+        dirs = [out / stage_name(stage), *(out / f"search-{slug(v)}" for v in inits)]
     else:
         best = {v: search_variant(exp, v, init, state, resume=False) for v, init in inits.items()}
         dirs = [out / f"search-{slug(v)}" for v in inits]
@@ -85,8 +88,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="i2m2-concurrency-"))
     os.environ["RAY_TMPDIR"] = temp  # the cluster's address file is ours, not other Ray users'
     os.makedirs(os.path.join(temp, "ray"), exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp,
-                                                            "include_dashboard": True, "dashboard_host": "127.0.0.1"})
+    with socket.socket() as s:  # a free dashboard port: other Ray clusters on this machine hold 8265
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": port})
     rows: list[dict[str, Any]] = []
     try:
         for _ in range(NODES):
@@ -126,6 +132,9 @@ def main() -> int:
         env = environment(cluster=f"cluster_utils: head 0 CPU + {NODES} nodes x {CPUS_PER_NODE} logical CPUs",
                           overrides=" ".join(overrides), load_avg=load.summary())
     finally:
+        import ray
+
+        ray.shutdown()  # this process's connection, then the cluster it joined
         cluster.shutdown()  # only this cluster's processes
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
