@@ -164,5 +164,5 @@ def concurrent(bundles: list[dict[str, float]], totals: dict[str, float]) -> int
     for bundle in bundles:
         for k, v in bundle.items():
             need[k] = need.get(k, 0.0) + v
-    counts = [int(totals.get(k, 0.0) // v) for k, v in need.items() if v > 0]
+    counts = [int(totals.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]  # 1 GPU / 0.1 is 10
     return max(1, min(counts, default=1))

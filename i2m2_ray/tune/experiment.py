@@ -58,6 +58,9 @@ class ResourcesConfig:
     def validate(self, where: str = "resources") -> None:
         if self.cpus_per_trial <= 0 or self.workers < 1 or self.gpus_per_worker < 0:
             raise ConfigError(f"{where}: cpus_per_trial > 0, workers >= 1 and gpus_per_worker >= 0 required")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ConfigError(f"{where}.gpus_per_worker: a share of one GPU (0.25: four trials per GPU) or whole "
+                              f"GPUs, got {self.gpus_per_worker:g}")
         if self.memory_per_trial is not None and self.memory_per_trial <= 0:
             raise ConfigError(f"{where}.memory_per_trial: must be > 0 (GiB) or null, got {self.memory_per_trial}")
         if self.memory_per_trial is not None and self.workers > 1:
@@ -95,6 +98,8 @@ class ExperimentConfig:
     # dotted TrainConfig path -> distribution (see space.py); per-variant entries merge over it
     search: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     search_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # a null entry removes the path
+    # Optuna storage of the studies (written as search.storage): a journal file, or an RDB URL; null: in memory
+    search_storage: str | None = None
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     stage2: Stage2Config = field(default_factory=Stage2Config)
     final: FinalConfig = field(default_factory=FinalConfig)
@@ -115,6 +120,8 @@ class ExperimentConfig:
         for name in self.search_overrides:
             if name not in self.variants:
                 raise ConfigError(f"search_overrides.{name}: not one of the experiment's variants")
+        if self.search_storage is not None:
+            self.search_storage = check_storage(self.search_storage)
         base = self.trial_base(self.variants[0], {})  # unknown or invalid train.* keys fail here, before Ray starts
 
         def build(values: dict[str, Any]) -> TrainConfig:
@@ -212,10 +219,44 @@ def _check_buildable(manifest: Manifest, variant: str, model_cfg: Any, where: st
         raise ConfigError(f"{where}{exc}") from None
 
 
+def check_storage(spec: Any) -> str:
+    """``search.storage`` checked before Ray starts: an RDB URL SQLAlchemy can open (its driver installed),
+    or a journal file whose directory exists (made absolute: trials and later runs find the same file)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"search.storage: expected a journal file path or an RDB URL (sqlite:///studies.db), "
+                          f"got {spec!r}")
+    if "://" in spec:
+        try:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(spec)
+            url.get_dialect().import_dbapi()
+        except Exception as exc:  # noqa: BLE001 - any reason the URL cannot be opened is the user's to fix
+            raise ConfigError(f"search.storage: {spec}: not an RDB URL this installation can open "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).parent.is_dir():
+            raise ConfigError(f"search.storage: {Path(url.database).parent} does not exist (the SQLite file's "
+                              "directory)")
+        return spec
+    path = Path(spec).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise ConfigError(f"search.storage: {path.parent} does not exist (the journal file's directory)")
+    if path.is_dir():
+        raise ConfigError(f"search.storage: {path} is a directory; give a journal file path")
+    return str(path)
+
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Earlier versions' forms in the current one: the fixed search schema (``search.lr: [a, b]``) and
     ``final.from_scratch`` (it controls stage 2). Applied to files, overrides and saved experiments alike."""
     data = dict(data)
+    if isinstance(data.get("search"), dict) and "storage" in data["search"]:
+        search = dict(data["search"])
+        data["search_storage"] = search.pop("storage")
+        if search:
+            data["search"] = search
+        else:
+            del data["search"]  # only the storage was given: the default space
     if "search" in data:
         data["search"] = normalize(data["search"], "search")
     if isinstance(data.get("search_overrides"), dict):

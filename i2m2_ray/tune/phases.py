@@ -60,8 +60,10 @@ def _fit(tuner):
 
 
 def run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict[str, Any], search: bool,
-              resume: bool):
-    """Run one phase to the end, restoring it when an earlier driver left it unfinished."""
+              resume: bool, build: Callable[[], Any] | None = None):
+    """Run one phase to the end, restoring it when an earlier driver left it unfinished.
+
+    ``build``: makes the new Tuner instead of ``build_tuner`` (a stage's several variants at once)."""
     from ray import tune
 
     path = Path(exp.output_dir).resolve() / name
@@ -69,7 +71,7 @@ def run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict[
         print(f"  resuming {name} from {path}", flush=True)
         tuner = tune.Tuner.restore(str(path), make_trainable(exp), resume_unfinished=True, resume_errored=True)
     else:
-        tuner = build_tuner(exp, name, variant, param_space, search=search)
+        tuner = build() if build else build_tuner(exp, name, variant, param_space, search=search)
     grid, interrupted = _fit(tuner)
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if interrupted or unfinished:
@@ -108,13 +110,20 @@ def search_variant(exp: ExperimentConfig, variant: str, init: dict[str, str], st
         return done
     t0 = time.time()
     grid = run_phase(exp, name, variant, trial_param_space(exp, variant, init), search=True, resume=resume)
+    return record_search(exp, variant, init, grid, state, time.time() - t0)
+
+
+def record_search(exp: ExperimentConfig, variant: str, init: dict[str, str], grid, state: ExperimentState,
+                  wall_s: float) -> dict[str, Any]:
+    """The ``search-<variant>`` ledger record of a variant's trials (``grid``: their Tune results)."""
+    name = f"search-{slug(variant)}"
     trials = trial_rows(grid, metric_key(exp))
     ok = [t for t in trials if t["error"] is None and not math.isnan(t["val_best"])]
     if not ok:
         raise I2M2Error(f"{name}: every trial failed (first: {trials[0]['error'] if trials else 'no trials'})")
     sign = 1 if exp.mode == "max" else -1
     best = max(ok, key=lambda t: sign * t["val_best"])
-    payload = {"variant": variant, "best": best, "trials": trials, "wall_s": time.time() - t0,
+    payload = {"variant": variant, "best": best, "trials": trials, "wall_s": wall_s,
                "init": init, "model_path": str(Path(best["trial_dir"]) / MODEL_FILE)}
     state.record(name, payload)
     return payload

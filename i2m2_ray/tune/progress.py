@@ -38,7 +38,7 @@ class TrialPrinter(Callback):
     def _line(self, trial, status: str) -> None:
         r, config = trial.last_result or {}, trial.config
         run = config.get("run", {})
-        name = run.get("variant", self.variant)
+        name = run.get("variant") or config.get("base", {}).get("variant", self.variant)  # a stage: many
         values = "  ".join(f"{LABELS.get(p, column_name(p))} {format_value(v)}"
                            for p, v in searched_values(config).items())
         seed = f" seed {run['seed']}" if "seed" in run else ""

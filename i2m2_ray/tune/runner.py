@@ -1,4 +1,5 @@
-"""The experiment driver: stage 1 (unimodal, inter), stage 2 (intra, I2M2 from stage-1 weights), final seeds
+"""The experiment driver: stage 1 (unimodal, inter), stage 2 (intra, I2M2 from stage-1 weights), each stage's
+variants searched side by side in one Tune run (stages.py), final seeds
 (stage 1, then stage 2 from the same seed's stage-1 final models), then the results table. Validation happens
 before Ray starts; one driver per experiment directory."""
 
@@ -19,9 +20,10 @@ from i2m2_ray.tune.experiment import (
     check_variants,
     experiment_from_dict,
 )
-from i2m2_ray.tune.phases import Interrupted, final_stage1, final_stage2, search_variant
+from i2m2_ray.tune.phases import Interrupted, final_stage1, final_stage2
 from i2m2_ray.tune.results import render_markdown, results_table, save_table
 from i2m2_ray.tune.service import check_resources, init_ray
+from i2m2_ray.tune.stages import search_stage
 from i2m2_ray.tune.state import (
     EXPERIMENT_FILE,
     STATE,
@@ -107,17 +109,16 @@ def _run_locked(exp: ExperimentConfig, exp_dir: Path, root: Path, modalities: li
     best: dict[str, dict[str, Any]] = {}
     stage1, stage2 = exp.stage1_variants(), exp.stage2_variants()
     if stage1:
-        banner(f"stage 1: search {', '.join(stage1)}")
-        for v in stage1:
-            best[v] = search_variant(exp, v, {}, state, resume)
+        banner(f"stage 1: search {', '.join(stage1)} (side by side)")
+        best.update(search_stage(exp, 1, {v: {} for v in stage1}, state, resume))
     inits: dict[str, dict[str, str]] = {v: {} for v in exp.variants}
     if stage2:
         how = "from scratch" if exp.stage2.from_scratch else "initialised from the best stage-1 models"
-        banner(f"stage 2: search {', '.join(stage2)} ({how})")
+        banner(f"stage 2: search {', '.join(stage2)} ({how}, side by side)")
         for v in stage2:
             if not exp.stage2.from_scratch:
                 inits[v] = {expert: best[src]["model_path"] for expert, src in stage1_variants(v, modalities).items()}
-            best[v] = search_variant(exp, v, inits[v], state, resume)
+        best.update(search_stage(exp, 2, {v: inits[v] for v in stage2}, state, resume))
     banner(f"final: best configuration x seeds {exp.final.seeds}, test split")
     final_stage1(exp, best, state, resume)
     if stage2:

@@ -2,7 +2,8 @@
 
 ``check_resources`` (starts Ray, refuses trials no node can place) -> ``trial_param_space`` ->
 ``build_tuner`` (seeded TPE from ``make_sampler``, ASHA, our callbacks, the trainable from
-``make_trainable`` with its CPUs, GPUs and memory) -> ``Tuner.fit()``. The runner (phases.py) uses
+``make_trainable`` with its CPUs, GPUs and memory) -> ``Tuner.fit()``; ``build_stage_tuner`` does the
+same for several variants at once (one study and one ASHA per variant, see multisearch.py). The runner (phases.py) uses
 these same functions; nothing here knows about stages or the results table.
 """
 
@@ -157,28 +158,89 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def study_name(exp: ExperimentConfig, variant: str) -> str:
+    """The Optuna study of a variant's search in ``search.storage``: ``<experiment name>/<variant>``. A later
+    experiment with the same ``name`` and storage continues the study (warm start); a new name, a new study."""
+    return f"{exp.name}/{variant}"
+
+
+def make_storage(spec: str):
+    """An Optuna storage instance from ``search.storage``: an RDB URL, else a journal file path."""
+    import optuna
+
+    if "://" in spec:
+        return optuna.storages.RDBStorage(spec)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(spec))
+
+
+def make_searcher(exp: ExperimentConfig, variant: str, seed: int | None = None):
+    """The variant's OptunaSearch: seeded TPE; its study kept in ``search.storage`` when one is set."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    if exp.search_storage is None:
+        return OptunaSearch(sampler=make_sampler(exp, variant, seed))
+    return OptunaSearch(sampler=make_sampler(exp, variant, seed), storage=make_storage(exp.search_storage),
+                        study_name=study_name(exp, variant))
+
+
+def _run_config(exp: ExperimentConfig, name: str, callbacks: list, storage_path: str | None = None):
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from i2m2_ray.tune.tensorboard import FlatHParamsTBXLogger
+
+    return tune.RunConfig(
+        name=name, storage_path=storage_path or str(Path(exp.output_dir).resolve()), verbose=0,
+        callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), FlatHParamsTBXLogger()],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=1))
+
+
+def _asha_args(exp: ExperimentConfig) -> dict[str, Any]:
+    b = exp.budget
+    return {"time_attr": "epoch", "max_t": b.max_epochs, "grace_period": b.grace_period,
+            "reduction_factor": b.reduction_factor}
+
+
 def build_tuner(exp: ExperimentConfig, name: str, variant: str, param_space: dict[str, Any], *, search: bool = True,
                 seed: int | None = None, storage_path: str | None = None):
     """A new Tune run named ``name``: OptunaSearch + ASHA for a search, a plain grid otherwise."""
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
+    from i2m2_ray.tune.multisearch import TIMELINE, Timeline
     from i2m2_ray.tune.progress import TrialPrinter
-    from i2m2_ray.tune.tensorboard import FlatHParamsTBXLogger
 
     b, key = exp.budget, metric_key(exp)
     tune_config = tune.TuneConfig(
         metric=key, mode=exp.mode, max_concurrent_trials=concurrency(exp),
         trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
         num_samples=b.trials if search else 1,
-        search_alg=OptunaSearch(sampler=make_sampler(exp, variant, seed)) if search else None,
-        scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
-                                reduction_factor=b.reduction_factor) if search else None)
-    run_config = tune.RunConfig(
-        name=name, storage_path=storage_path or str(Path(exp.output_dir).resolve()), verbose=0,
-        callbacks=[TrialPrinter(variant, key), CSVLoggerCallback(), JsonLoggerCallback(), FlatHParamsTBXLogger()],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        failure_config=tune.FailureConfig(max_failures=1))
+        search_alg=make_searcher(exp, variant, seed) if search else None,
+        scheduler=ASHAScheduler(**_asha_args(exp)) if search else None)
+    where = Path(storage_path or Path(exp.output_dir).resolve()) / name
+    run_config = _run_config(exp, name, [TrialPrinter(variant, key), Timeline(where / TIMELINE)], storage_path)
     return tune.Tuner(make_trainable(exp), param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def build_stage_tuner(exp: ExperimentConfig, name: str, spaces: dict[str, dict[str, Any]],
+                      storage_path: str | None = None):
+    """One Tune run searching several variants at once (``spaces``: variant -> ``trial_param_space``):
+    each variant its own Optuna study and ASHA brackets, as many trials at once as the cluster holds."""
+    from ray import tune
+
+    from i2m2_ray.tune.multisearch import DECISIONS, TIMELINE, MultiSearch, Timeline, VariantASHA
+    from i2m2_ray.tune.progress import TrialPrinter
+
+    key = metric_key(exp)
+    stage_dir = Path(storage_path or Path(exp.output_dir).resolve()) / name
+    searcher = MultiSearch(spaces, {v: make_searcher(exp, v) for v in spaces}, exp.budget.trials, key, exp.mode)
+    tune_config = tune.TuneConfig(
+        metric=key, mode=exp.mode, max_concurrent_trials=concurrency(exp),
+        trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
+        num_samples=exp.budget.trials * len(spaces), search_alg=searcher,
+        scheduler=VariantASHA(list(spaces), stage_dir / DECISIONS, **_asha_args(exp)))
+    run_config = _run_config(exp, name, [TrialPrinter("search", key), Timeline(stage_dir / TIMELINE)], storage_path)
+    return tune.Tuner(make_trainable(exp), param_space={}, tune_config=tune_config, run_config=run_config)

@@ -56,12 +56,12 @@ def reported_epochs(trial_dir: Path) -> list[int]:
 
 def test_sigint_then_resume_runs_each_trial_once(tmp_path):
     out = tmp_path / "exp"
+    stage1 = out / "search-stage1"  # both stage-1 variants search side by side in one Tune run
     proc = start(out)
     deadline = time.monotonic() + 300
-    # Interrupt during the second search, once one of its epochs has been reported.
+    # Interrupt stage 1 once one of its epochs has been reported.
     while time.monotonic() < deadline and proc.poll() is None:
-        if list((out / "search-unimodal-audio").glob("*/result.json")) and any(
-                p.stat().st_size for p in (out / "search-unimodal-audio").glob("*/result.json")):
+        if any(p.stat().st_size for p in stage1.glob("*/result.json")):
             break
         time.sleep(0.5)
     assert proc.poll() is None, "experiment ended before it could be interrupted"
@@ -70,19 +70,22 @@ def test_sigint_then_resume_runs_each_trial_once(tmp_path):
     assert code == 130, (stdout, stderr)
     assert "re-run the same command to resume" in stderr
     state = json.loads((out / "state.json").read_text())["phases"]
-    assert "search-unimodal-image" in state and "final" not in state
-    first_image_trials = {t["trial_dir"] for t in state["search-unimodal-image"]["trials"]}
+    assert not state  # no search finished
+    before = {p.parent.name: reported_epochs(p.parent) for p in stage1.glob("*/result.json") if p.stat().st_size}
+    assert before
 
     code, stdout, stderr = finish(start(out), 400)
     assert code == 0, (stdout, stderr)
-    assert "unimodal:image: search already finished" in stdout
+    assert f"resuming search-stage1 from {stage1}" in stdout
     state = json.loads((out / "state.json").read_text())["phases"]
-    assert {t["trial_dir"] for t in state["search-unimodal-image"]["trials"]} == first_image_trials
-    for phase in ("search-unimodal-image", "search-unimodal-audio", "search-intra"):
-        trials = [p.parent for p in (out / phase).glob("*/params.json")]
-        assert len(trials) == 2, (phase, trials)  # no trial was started twice
+    for phase, where, count in (("search-unimodal-image", stage1, 2), ("search-unimodal-audio", stage1, 2),
+                                ("search-intra", out / "search-intra", 2)):
+        trials = [Path(t["trial_dir"]) for t in state[phase]["trials"]]
+        assert len(trials) == count and all(t.parent == where for t in trials), (phase, trials)
         for trial in trials:
             epochs = reported_epochs(trial)
             assert epochs == sorted(set(epochs)), (trial, epochs)  # no epoch trained or reported twice
+            assert epochs[:len(before.get(trial.name, []))] == before.get(trial.name, [])
+    assert len(list(stage1.glob("*/params.json"))) == 4  # no trial was started twice
     table = (out / "results.csv").read_text().splitlines()
     assert len(table) == 1 + 3 and all(",done" in row for row in table[1:])
