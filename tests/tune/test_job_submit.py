@@ -113,7 +113,9 @@ def test_stop_then_resubmit_smoke_experiment(ray_head: Head, tmp_path: Path) -> 
     """
     out_dir = tmp_path / "experiment"
     first = f"i2m2-test-stop-{int(time.time())}"
-    code, output = submit(ray_head, tmp_path, first, *SMOKE_OVERRIDES, f"output_dir={out_dir}", wait=False)
+    # Three epochs a trial: the stop lands while a phase runs (tests/tune/test_signals.py).
+    args = [*SMOKE_OVERRIDES, "budget.max_epochs=3", "budget.grace_period=3", f"output_dir={out_dir}"]
+    code, output = submit(ray_head, tmp_path, first, *args, wait=False)
     assert code == 0, output
     wait_until(lambda: any(p.stat().st_size for p in out_dir.glob("*/*/result.json")), JOB_TIMEOUT_S,
                "first trial report")
@@ -128,12 +130,13 @@ def test_stop_then_resubmit_smoke_experiment(ray_head: Head, tmp_path: Path) -> 
     stopped_log = driver_log(ray_head, first).read_text(errors="replace")
     assert "SIGTERM received" not in stopped_log and "Traceback" not in stopped_log, stopped_log[-4000:]
     line = [ln for ln in stopped_log.splitlines() if ln.startswith("interrupted: ")]
-    assert len(line) == 1 and line[0].endswith("re-run the same command to resume"), stopped_log[-4000:]
+    assert len(line) == 1 and " was stopped before all its trials finished; re-run the same command to resume" in (
+        line[0]), stopped_log[-4000:]
     phase = line[0].split()[1]
     assert list((out_dir / phase).glob("experiment_state-*.json")), "Tune's experiment state was not saved"
 
     submission_id = f"i2m2-test-{int(time.time())}"
-    code, output = submit(ray_head, tmp_path, submission_id, *SMOKE_OVERRIDES, f"output_dir={out_dir}")
+    code, output = submit(ray_head, tmp_path, submission_id, *args)
     assert code == 0, output[-8000:]
     status = ray_cli(ray_head, "job", "status", "--address", ray_head.address, submission_id)
     assert f"Job '{submission_id}' succeeded" in status.stdout + status.stderr, status.stdout + status.stderr

@@ -23,14 +23,19 @@ from tests.tune.procs import REPO, SMOKE_VARIANTS, child_env, tail
 pytestmark = pytest.mark.slow
 FIRST_REPORT_S = 400  # generous: the 2 CPUs may be shared by other work
 RUN_S = 600
+# Three epochs a trial, so the signal sent after a trial's first report lands while its phase runs
+# (with the smoke experiment's one epoch both trials can end, and the phase with them, right then).
+EPOCHS = ["budget.max_epochs=3", "budget.grace_period=3"]
+STOPPED = re.compile(r"interrupted: (\S+) was stopped before all its trials finished; re-run the same command "
+                     r"to resume$")
 
 
 def start_smoke(out: Path, logs: Path) -> subprocess.Popen:
-    """`python -m i2m2_ray.tune --smoke`, output to files (a full pipe would block the driver)."""
+    """`python -m i2m2_ray.tune --smoke` (3 epochs a trial), output to files (a full pipe would block the driver)."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "w") as so, open(logs / "stderr", "w") as se:
         return subprocess.Popen([sys.executable, "-m", "i2m2_ray.tune", "--smoke", f"output_dir={out}",
-                                 "--num-cpus", "2"], stdout=so, stderr=se, cwd=REPO, env=child_env(),
+                                 "--num-cpus", "2", *EPOCHS], stdout=so, stderr=se, cwd=REPO, env=child_env(),
                                 start_new_session=True)
 
 
@@ -72,8 +77,7 @@ def test_sigterm_stops_gracefully_and_a_rerun_resumes(tmp_path):
     lines = stderr_lines(tmp_path / "run1")
     assert code == 130, lines
     assert len(lines) == 1 and lines[0].startswith("interrupted: "), lines  # no stack dump, no Tune warnings
-    stopped = re.match(r"interrupted: (\S+) was stopped before all its trials finished; re-run the same "
-                       r"command to resume$", lines[0])
+    stopped = STOPPED.match(lines[0])
     assert stopped, lines[0]
     phase = stopped.group(1)
     assert list((out / phase).glob("experiment_state-*.json")), "Tune's experiment state was not saved"
@@ -97,8 +101,8 @@ def test_ctrl_c_is_one_line_and_keeps_the_experiment_state(tmp_path):
     code = signal_after_first_report(out, tmp_path / "run", signal.SIGINT)
     lines = stderr_lines(tmp_path / "run")
     assert code == 130, lines
-    assert len(lines) == 1 and lines[0].startswith("interrupted: ") and "resume" in lines[0], lines
-    phase = lines[0].split()[1]
+    assert len(lines) == 1 and STOPPED.match(lines[0]), lines
+    phase = STOPPED.match(lines[0]).group(1)
     assert list((out / phase).glob("experiment_state-*.json")), "Tune's experiment state was not saved"
 
 
