@@ -71,7 +71,9 @@ def ray_head(tmp_path_factory) -> Iterator[Head]:
     proc = start_group(cmd, log, head_env)
     head = Head(address=f"http://127.0.0.1:{dashboard}", gcs_port=gcs, env=env, temp_dir=temp_dir, log=log)
     try:
-        wait_until(lambda: http_answers(f"{head.address}/api/version"), HEAD_START_S, "ray head dashboard", proc, log)
+        # The dashboard answers before the raylet has registered; the head is up once `ray start` says so.
+        wait_until(lambda: http_answers(f"{head.address}/api/version") and "Ray runtime started" in log.read_text(
+            errors="replace"), HEAD_START_S, "ray head", proc, log)
         yield head
     finally:
         kill_group(proc, grace_s=5)
