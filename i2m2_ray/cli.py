@@ -3,14 +3,16 @@
 Exit codes: 0 done, 2 bad input (a user error, a missing or unwritable file, a bad argument),
 130 interrupted (finished work is kept), 1 anything else (a full disk, or a bug). Every error is
 exactly one line on stderr, so scripts and job logs can show it as is; ``I2M2_DEBUG=1`` adds the
-traceback above it.
+traceback above it. SIGTERM (``kill``, ``ray job stop``, a scheduler) stops a CLI the way Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -72,6 +74,24 @@ def quiet_ray() -> None:
     os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
 
 
+def _sigterm_handler(sig: int, frame) -> None:
+    handler = signal.getsignal(signal.SIGINT)  # whatever Ctrl-C does right now (e.g. a graceful Tune stop)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler != signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM do what Ctrl-C does: finished work kept, exit code 130, one line on stderr.
+
+    Call it again after ``ray.init``: Ray's core worker replaces the handler with a native one that
+    dumps a C++ stack and aborts.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_handler)
+
+
 def classify(exc: BaseException, interrupted: str = "interrupted") -> tuple[int, str]:
     """The exit code and the one stderr line for an exception that ended a CLI."""
     if isinstance(exc, KeyboardInterrupt):
@@ -90,14 +110,19 @@ def run_cli(body: Callable[[], int | None], interrupted: str = "interrupted") ->
     """Run a CLI's body and map what it raises to one stderr line and an exit code.
 
     ``interrupted`` is the line for a plain Ctrl-C (what is kept, how to resume); a ``Stopped``
-    carries its own.
+    carries its own. SIGTERM is handled like Ctrl-C while the body runs.
     """
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
+        sigterm_as_interrupt()
         return body() or 0
     except (KeyboardInterrupt, Exception) as exc:
         code, line = classify(exc, interrupted)
         if os.environ.get("I2M2_DEBUG") == "1":
             traceback.print_exc()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     try:
         sys.stdout.flush()  # what was printed before the error comes first
     except OSError:  # stdout closed (e.g. piped into head): the error line still goes out

@@ -4,7 +4,12 @@
 #   jobs/submit.sh ADDRESS [EXPERIMENT.yaml | shipped name | --smoke] [key=value ...]
 #   e.g. jobs/submit.sh http://127.0.0.1:8265 search_spaces/default.yaml budget.trials=4
 #
-# ADDRESS is the head's dashboard (http://HOST:8265 by default; a bare HOST:PORT gets http://).
+# ADDRESS is the head's dashboard (http://HOST:8265 by default; a bare HOST:PORT gets http://). Keep it
+# on the head's loopback and tunnel to it: `ssh -N -L 8265:127.0.0.1:8265 HEAD &`, then
+# http://127.0.0.1:8265 (README, Cluster: the head recipe with token auth). Each key=value argument
+# reaches the job literally (Ray >= 2.60 CLI, checked below). `ray job stop` is graceful: the job
+# saves its state and a re-submit with the same output_dir resumes (RAY_JOB_STOP_WAIT_TIME_S in
+# jobs/runtime_env.yaml).
 # Cluster shape expected: see jobs/runtime_env.yaml (dependencies baked into the image, one or more
 # nodes; the driver runs on the head). Expected run time: the smoke experiment of
 # tests/tune/test_job_submit.py takes ~1-2 min on a 2-CPU head (plus ~5 s to upload the code); the
@@ -31,6 +36,15 @@ usage() { sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ray_cli="${RAY:-ray}"
+# Each argument must reach the job literally: the head runs the entrypoint with /bin/sh. Ray >= 2.60's
+# CLI shell-quotes every word (shlex.join); older ones (subprocess.list2cmdline) leave `a;b` and $(...)
+# to that shell. So refuse an older CLI instead of letting `name=a;b` run b on the head.
+ray_version="$("$ray_cli" --version 2>/dev/null | sed -n 's/.*version \([0-9][0-9.]*\).*/\1/p' || true)"
+[[ -n "$ray_version" ]] || { echo "error: cannot run the ray CLI '$ray_cli' (set RAY=/path/to/ray)" >&2; exit 2; }
+[[ "$(printf '%s\n' 2.60 "$ray_version" | sort -V | head -n 1)" == 2.60 ]] || {
+    echo "error: $ray_cli is Ray $ray_version; jobs/submit.sh needs >= 2.60, whose 'ray job submit' quotes each argument for the head's shell" >&2
+    exit 2
+}
 address="$1"
 shift
 [[ "$address" == *://* ]] || address="http://$address"
@@ -67,7 +81,7 @@ if [[ -z "${RAY_AUTH_MODE:-}" ]] && [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUT
     export RAY_AUTH_MODE=token
 fi
 
-# Separate words: `ray job submit` shell-quotes each one into the entrypoint command line.
+# Separate words: `ray job submit` (>= 2.60, checked above) shell-quotes each one for the head's shell.
 entrypoint=(python -m i2m2_ray.tune "${args[@]}")
 
 where() {

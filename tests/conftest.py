@@ -46,10 +46,11 @@ def ray_local():
     """
     import ray
 
+    from i2m2_ray.cluster import start_local_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=False)
+        start_local_ray(num_cpus=2, log_to_driver=False)  # loopback only, as the CLIs start theirs
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     if started:

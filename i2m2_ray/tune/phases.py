@@ -11,7 +11,9 @@ restored with ``Tuner.restore`` (finished trials kept, Optuna's state restored).
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -37,26 +39,57 @@ class Interrupted(I2M2Error):
     """The driver was stopped mid-phase; everything finished so far is on disk."""
 
 
-def _interrupt_handler(sig: int, frame) -> None:
-    raise KeyboardInterrupt
+_QUIET_ON_STOP = ("ray", "ray.tune", "ray.train")  # loggers that would add lines to the CLI's one
+
+
+class _Stop:
+    """Ctrl-C or SIGTERM (``ray job stop``) during ``tuner.fit()``: the first one stops Tune gracefully
+    (running trials stopped, experiment state saved, so a re-run resumes) and keeps Tune's warnings
+    about it off stderr, where the CLI's one line follows; a second one aborts the saving."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, sig: int, frame) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's own graceful stop, installed by this fit()
+        if self.requested or not callable(tune_stop):
+            raise KeyboardInterrupt
+        self.requested = True
+        for name in _QUIET_ON_STOP:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        tune_stop(signal.SIGUSR1, frame)
 
 
 def _fit(tuner):
-    """``tuner.fit()`` that tells whether it ended because of SIGINT.
+    """``tuner.fit()`` that tells whether it ended because of Ctrl-C or SIGTERM.
 
-    Tune's own handler takes over SIGINT during fit and, when it fires, stops the run gracefully
-    and puts back the handler it found. So: install ours first; if ours is back afterwards,
-    the run was interrupted (Tune's trial statuses alone do not say so reliably).
+    Tune's own SIGINT handler is turned off (it logs three warnings and ignores SIGTERM): ours takes
+    both signals and calls what Tune's would, its SIGUSR1 handler. SIGUSR1 is reset first, so a
+    handler left by an earlier phase's fit() is never mistaken for this one's.
     """
     if threading.current_thread() is not threading.main_thread():
         return tuner.fit(), False
-    signal.signal(signal.SIGINT, _interrupt_handler)
+    stop, disabled = _Stop(), os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    term, usr1 = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    levels = {name: logging.getLogger(name).level for name in _QUIET_ON_STOP}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         grid = tuner.fit()
-        interrupted = signal.getsignal(signal.SIGINT) is _interrupt_handler
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return grid, interrupted
+        for sig, handler in ((signal.SIGTERM, term), (signal.SIGUSR1, usr1)):
+            if handler is not None:
+                signal.signal(sig, handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if disabled is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = disabled
+    return grid, stop.requested
 
 
 def run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict[str, Any], search: bool,
