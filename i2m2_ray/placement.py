@@ -23,9 +23,13 @@ PROCESS_BYTES = 512 * 2**20
 # Copies of the parameters a run holds: weights, gradients, up to two optimiser moments (Adam), best model.
 PARAMETER_COPIES = 5
 BYTES_PER_VALUE = 4  # the splits and parameters are float32
-# Peak bytes per byte of loaded data: Arrow buffers, numpy and torch copies coexist while a split loads.
-# Measured: 20,000 training rows (367 MiB as float32) peaked at ~1.36 GiB RssAnon, 0.82 GiB once loaded.
-LOAD_COPIES = 2.5
+# Peak bytes per byte of loaded data when a process reads its own copy: the float32 arrays plus one decoded
+# record batch (data/arrays.py decodes batch by batch into preallocated arrays; it was 2.5 while whole
+# Arrow tables and float copies coexisted).
+LOAD_COPIES = 1.1
+# Inside Ray a node's trials share one copy of the splits in the object store (data/shared.py), which Ray
+# sizes apart from the 'memory' resource trials reserve: a trial's own heap then holds only its batches.
+SHARED_COPIES = 0.0
 LABEL_BYTES = 8  # int64 labels, per row and head
 ORDER = ("CPU", "GPU", "memory")
 
@@ -49,15 +53,16 @@ def data_bytes(manifest: Manifest, modalities: list[str], splits: tuple[str, ...
 
 
 def estimate_memory(manifest: Manifest, model_cfg: Any, variant: str,
-                    splits: tuple[str, ...] = ("train", "val", "test")) -> int:
-    """Bytes one trial process (or Train worker) needs at its peak: its splits while they load
-    (``LOAD_COPIES`` x the float32 tensors), the parameters' copies, and the process itself
-    (``PROCESS_BYTES``). Conservative, so a node is not oversubscribed."""
+                    splits: tuple[str, ...] = ("train", "val", "test"), shared: bool = True) -> int:
+    """Bytes one trial process (or Train worker) needs at its peak: the parameters' copies and the
+    process itself (``PROCESS_BYTES``), plus its splits only when it reads its own copy
+    (``shared=False``: ``LOAD_COPIES`` x the float32 tensors). Shared splits are counted once per node,
+    in the object store, not per trial. Conservative, so a node is not oversubscribed."""
     from i2m2_ray.models.builder import model_modalities
 
     mods = model_modalities(manifest, model_cfg)
     params = parameter_count(manifest, variant, model_cfg)
-    data = int(LOAD_COPIES * data_bytes(manifest, mods, splits))
+    data = int((SHARED_COPIES if shared else LOAD_COPIES) * data_bytes(manifest, mods, splits))
     return data + PARAMETER_COPIES * BYTES_PER_VALUE * params + PROCESS_BYTES
 
 

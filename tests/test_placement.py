@@ -95,10 +95,13 @@ def test_memory_estimate_scales_with_rows_and_parameters(smoke_manifest):
     splits = {k: dataclasses.replace(v, rows=v.rows * 10) for k, v in smoke_manifest.splits.items()}
     bigger = dataclasses.replace(smoke_manifest, splits=splits)
     mods = list(smoke_manifest.modalities)
-    # rows x (1x28x28 + 4000) float32 values + an int64 label, 2.5 copies while loading
+    # rows x (1x28x28 + 4000) float32 values + an int64 label, LOAD_COPIES copies when a trial reads its own
     assert data_bytes(smoke_manifest, mods) == 320 * (4 * (28 * 28 + 4000) + 8)
-    assert estimate_memory(bigger, model, "i2m2:lf") - base == pytest.approx(
+    own = estimate_memory(smoke_manifest, model, "i2m2:lf", shared=False)
+    assert estimate_memory(bigger, model, "i2m2:lf", shared=False) - own == pytest.approx(
         LOAD_COPIES * 9 * data_bytes(smoke_manifest, mods), abs=2)
+    # shared (the default inside Ray): the node's one copy lives in the object store, not in each trial
+    assert estimate_memory(bigger, model, "i2m2:lf") == base < own
     unimodal = estimate_memory(smoke_manifest, model, "unimodal:image")
     params = parameter_count(smoke_manifest, "i2m2:lf", model) - parameter_count(smoke_manifest, "unimodal:image",
                                                                                  model)

@@ -192,8 +192,9 @@ def read_table(root: str | Path, manifest: Manifest, split: str, columns: list[s
     return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
-def column_to_numpy(table: pa.Table, spec: ModalitySpec, where: str) -> np.ndarray:
-    """Decode one modality column into a float32 array shaped (N, *model_shape)."""
+def column_to_numpy(table: pa.Table, spec: ModalitySpec, where: str, offset: int = 0) -> np.ndarray:
+    """Decode one modality column into a float32 array shaped (N, *model_shape); ``offset``: the table's
+    first row in its split, for the row numbers in errors."""
     import pyarrow as pa
 
     col = table.column(spec.column).combine_chunks()
@@ -202,7 +203,8 @@ def column_to_numpy(table: pa.Table, spec: ModalitySpec, where: str) -> np.ndarr
         lengths = np.diff(col.offsets.to_numpy())
         if lengths.size and lengths.max() > max_len:
             row = int(np.argmax(lengths > max_len))
-            raise DataError(f"{where}: column {spec.column!r} row {row}: {lengths[row]} samples > max {max_len}")
+            raise DataError(f"{where}: column {spec.column!r} row {offset + row}: {lengths[row]} samples "
+                            f"> max {max_len}")
         flat = col.values.to_numpy(zero_copy_only=False).astype(np.float32) / 32768.0
         out = np.zeros((len(col), max_len), dtype=np.float32)
         starts = col.offsets.to_numpy()[:-1]
@@ -219,5 +221,5 @@ def column_to_numpy(table: pa.Table, spec: ModalitySpec, where: str) -> np.ndarr
     arr = arr.astype(np.float32)
     scale = spec.extra.get("scale")
     if scale is not None:
-        arr = arr * np.float32(scale)
+        arr *= np.float32(scale)
     return arr.reshape(len(arr), *spec.model_shape())

@@ -7,17 +7,19 @@ epoch's permutation, so each sample is seen once per epoch across workers.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-from i2m2_ray.data.format import Manifest, column_to_numpy, read_table
-from i2m2_ray.data.validate import check_unique_ids, validate_dataset
+from i2m2_ray.data.arrays import SplitArrays, check_split_ids, labels_to_numpy, read_split, read_splits
+from i2m2_ray.data.format import Manifest
+from i2m2_ray.data.validate import validate_dataset
 from i2m2_ray.errors import DataError
+
+__all__ = ["InMemoryData", "TensorSplit", "iterate_batches", "labels_to_numpy", "load_split"]
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -35,31 +37,13 @@ class TensorSplit:
     def subset(self, index: torch.Tensor) -> TensorSplit:
         return TensorSplit({k: v[index] for k, v in self.inputs.items()}, self.labels[index])
 
-
-def labels_to_numpy(table: pa.Table, manifest: Manifest, where: str) -> np.ndarray:
-    """Labels as int64: (N,) class ids or (N, L) 0/1 vectors, range-checked."""
-    if manifest.label_column not in table.column_names:
-        raise DataError(f"{where}: missing label column {manifest.label_column!r}")
-    col = table.column(manifest.label_column).combine_chunks()
-    if col.null_count:
-        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"{where}: column {manifest.label_column!r} row {row}: missing label")
-    if manifest.task == "multiclass":
-        y = col.to_numpy(zero_copy_only=False).astype(np.int64)
-        bad = np.flatnonzero((y < 0) | (y >= manifest.num_classes))
-    else:
-        if isinstance(col.type, pa.FixedShapeTensorType):
-            y = col.to_numpy_ndarray().astype(np.int64)
-        else:
-            y = np.stack(col.to_numpy(zero_copy_only=False)).astype(np.int64)
-        if y.ndim != 2 or y.shape[1] != len(manifest.classes):
-            raise DataError(f"{where}: column {manifest.label_column!r} has shape {list(y.shape[1:])}, "
-                            f"manifest lists {len(manifest.classes)} labels")
-        bad = np.flatnonzero(((y != 0) & (y != 1)).any(axis=1))
-    if bad.size:
-        raise DataError(f"{where}: column {manifest.label_column!r} row {int(bad[0])}: label "
-                        f"{y[bad[0]].tolist()} out of range for {manifest.task} with {len(manifest.classes)} classes")
-    return y
+    @classmethod
+    def from_arrays(cls, arrays: SplitArrays) -> TensorSplit:
+        """Tensors sharing the arrays' memory (no copy). Arrays from the object store are read-only:
+        torch would warn on every one, but batches are copies (``iterate_batches``), so nothing writes."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return cls({k: torch.from_numpy(v) for k, v in arrays.inputs.items()}, torch.from_numpy(arrays.labels))
 
 
 def load_split(root: str | Path, split: str, manifest: Manifest | None = None,
@@ -71,32 +55,9 @@ def load_split(root: str | Path, split: str, manifest: Manifest | None = None,
     """
     checked = validate_dataset(root, deep=False, splits=[split])
     manifest = manifest or checked
-    names = modalities or list(manifest.modalities)
-    where = str(Path(root) / ",".join(manifest.splits[split].files)) if split in manifest.splits else str(root)
-    table = read_table(root, manifest, split)
-    if table.num_rows == 0:
-        raise DataError(f"{where}: split {split!r} is empty")
-    inputs = {}
-    for name in names:
-        spec = manifest.modalities[name]
-        if spec.column not in table.column_names:
-            raise DataError(f"{where}: missing column {spec.column!r} for modality {name!r}")
-        arr = column_to_numpy(table, spec, where)
-        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise DataError(f"{where}: column {spec.column!r} row {row}: NaN or inf values")
-        inputs[name] = torch.from_numpy(arr)
-    labels = torch.from_numpy(labels_to_numpy(table, manifest, where))
-    if manifest.id_column in table.column_names:
-        ids = [(Path(where), table.column(manifest.id_column).combine_chunks())]
-        for other in manifest.splits:
-            if other != split:
-                path = Path(root) / ",".join(manifest.splits[other].files)
-                ids.append((path, read_table(root, manifest, other, [manifest.id_column])
-                            .column(manifest.id_column).combine_chunks()))
-        check_unique_ids(ids, manifest.id_column)
-    return TensorSplit(inputs, labels)
+    arrays = read_split(root, split, manifest, modalities or list(manifest.modalities))
+    check_split_ids(root, manifest, {split: arrays})
+    return TensorSplit.from_arrays(arrays)
 
 
 def iterate_batches(
@@ -123,21 +84,32 @@ def iterate_batches(
         idx = order[start : start + batch_size]
         if shuffle or world_size > 1:
             yield {k: v[idx] for k, v in data.inputs.items()}, data.labels[idx]
-        else:
+        else:  # a copy of the batch: the splits may be read-only views of a node's shared copy
             end = start + batch_size
-            yield {k: v[start:end] for k, v in data.inputs.items()}, data.labels[start:end]
+            yield {k: v[start:end].clone() for k, v in data.inputs.items()}, data.labels[start:end].clone()
 
 
 class InMemoryData:
-    """A dataset's splits as tensors in RAM, read once; batches are tensor slices (no DataLoader)."""
+    """A dataset's splits as tensors in RAM, read once; batches are tensor slices (no DataLoader).
+
+    Inside a Ray worker (a Tune trial, a Train worker) the splits are the node's one shared copy
+    (``i2m2_ray.data.shared``), mapped read-only from the object store; elsewhere, or with
+    ``I2M2_SHARE_DATA=0``, this process reads its own.
+    """
 
     def __init__(self, root: Path, manifest: Manifest, modalities: list[str],
-                 splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+                 splits: tuple[str, ...] = ("train", "val", "test"), share: bool | None = None) -> None:
+        from i2m2_ray.data import shared
+
         self.manifest = manifest
-        self.splits = {s: load_split(root, s, manifest, modalities) for s in splits if s in manifest.splits}
+        wanted = tuple(s for s in splits if s in manifest.splits)
         for split in ("train", "val"):
-            if split in splits and split not in self.splits:
+            if split in splits and split not in wanted:
                 raise DataError(f"{root}: dataset has no {split!r} split")
+        use_shared = shared.enabled() if share is None else share
+        self.lease = shared.lease(root, manifest, modalities, wanted) if use_shared else None
+        arrays = self.lease.arrays if self.lease is not None else read_splits(root, manifest, modalities, wanted)
+        self.splits = {s: TensorSplit.from_arrays(a) for s, a in arrays.items()}
 
     def train_labels(self) -> torch.Tensor:
         return self.splits["train"].labels
