@@ -1,5 +1,8 @@
 """``python -m i2m2_ray.report DIR``: reprint an experiment's table, with the dependency diagnosis and
-the missing-modality table (also for an unfinished experiment: it shows what has finished)."""
+the missing-modality table (also for an unfinished experiment: it shows what has finished).
+
+DIR is a local directory or the experiment's object-storage URI (``s3://bucket/prefix?endpoint_override=...``):
+everything is read from there, nothing from the disks of the nodes that ran it."""
 
 from __future__ import annotations
 
@@ -22,17 +25,20 @@ def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="i2m2-report", description=__doc__)
-    parser.add_argument("experiment_dir")
+    parser.add_argument("experiment_dir", help="a directory or an s3:// / gs:// URI (see the README)")
     parser.add_argument("--no-analysis", action="store_true", help="only the results table (no model loading)")
     ns = parser.parse_args(argv)
     return run_cli(lambda: _report(ns.experiment_dir, analysis=not ns.no_analysis))
 
 
 def _report(exp_dir: str, analysis: bool) -> None:
+    from i2m2_ray.storage import open_storage
     from i2m2_ray.tune.results import load_experiment_dir, render_markdown, results_table
 
-    exp, _ = load_experiment_dir(exp_dir)
-    table = results_table(exp_dir)
+    storage = open_storage(exp_dir)
+    storage.check()
+    exp, _ = load_experiment_dir(storage)
+    table = results_table(storage)
     print(f"experiment {exp.name!r} ({exp_dir}): metric {exp.metric}, seeds {exp.final.seeds}\n")
     print(render_markdown(table))
     pending = table.filter(pl.col("status") != "done")["variant"].to_list()
@@ -42,9 +48,9 @@ def _report(exp_dir: str, analysis: bool) -> None:
         from i2m2_ray.tune.analysis import dependency_table, missing_modality_table
 
         _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy)",
-                     dependency_table(exp_dir))
+                     dependency_table(storage))
         _print_frame(f"missing modality (I2M2 with one expert left out at test time; {exp.metric})",
-                     missing_modality_table(exp_dir, exp.metric))
+                     missing_modality_table(storage, exp.metric))
 
 
 def entry() -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from i2m2_ray.config import from_dict, load_yaml
+from i2m2_ray.config import from_dict
 from i2m2_ray.data.format import load_manifest
 from i2m2_ray.data.memory import InMemoryData
+from i2m2_ray.storage import open_storage
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.train.epoch import evaluate, predict
 from i2m2_ray.train.loop import MODEL_FILE, prepare_run
@@ -31,11 +33,12 @@ CPU = torch.device("cpu")
 def _load_run(trial_dir: str | Path) -> tuple[TrainConfig, torch.nn.Module, InMemoryData]:
     from i2m2_ray.models import build_model
 
-    trial_dir = Path(trial_dir)
-    cfg = from_dict(TrainConfig, load_yaml(trial_dir / "config.yaml"))
+    trial_dir = open_storage(trial_dir)  # a local path or an object-storage URI
+    cfg = from_dict(TrainConfig, trial_dir.read_yaml("config.yaml"))
     root, manifest, mods = prepare_run(cfg)
     model = build_model(manifest, cfg.variant, cfg.model)
-    model.load_state_dict(torch.load(trial_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(io.BytesIO(trial_dir.read_bytes(MODEL_FILE)), map_location="cpu",
+                                     weights_only=True))
     return cfg, model.eval(), _data(root, mods)
 
 
@@ -59,14 +62,16 @@ def label_entropy(labels: np.ndarray) -> float:
     return float(np.mean(-(q * np.log(q) + (1 - q) * np.log(1 - q))))
 
 
-def _final_runs(exp_dir: Path) -> list[dict[str, Any]]:
-    """Finished final runs of both final phases (stage 1 and stage 2)."""
-    return [r for r in ExperimentState(exp_dir).final_runs() if r["error"] is None and r["final"]]
+def _final_runs(exp_dir: str | Path) -> list[dict[str, Any]]:
+    """Finished final runs of both final phases (stage 1 and stage 2), ``trial_dir`` as a location."""
+    storage = open_storage(exp_dir)
+    return [{**r, "trial_dir": storage.location(r["trial_dir"])} for r in ExperimentState(storage).final_runs()
+            if r["error"] is None and r["final"]]
 
 
 def dependency_table(exp_dir: str | Path) -> pl.DataFrame | None:
     rows = []
-    for run in _final_runs(Path(exp_dir)):
+    for run in _final_runs(exp_dir):
         if run["variant"].split(":")[0] not in ("unimodal", "inter"):
             continue
         cfg, model, data = _load_run(run["trial_dir"])
@@ -83,7 +88,7 @@ def dependency_table(exp_dir: str | Path) -> pl.DataFrame | None:
 
 def missing_modality_table(exp_dir: str | Path, metric: str) -> pl.DataFrame | None:
     rows = []
-    for run in _final_runs(Path(exp_dir)):
+    for run in _final_runs(exp_dir):
         if not run["variant"].startswith("i2m2"):
             continue
         cfg, model, data = _load_run(run["trial_dir"])

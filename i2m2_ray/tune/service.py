@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from i2m2_ray.config import from_dict, to_dict
@@ -176,8 +175,11 @@ def build_tuner(exp: ExperimentConfig, name: str, variant: str, param_space: dic
         search_alg=OptunaSearch(sampler=make_sampler(exp, variant, seed)) if search else None,
         scheduler=ASHAScheduler(time_attr="epoch", max_t=b.max_epochs, grace_period=b.grace_period,
                                 reduction_factor=b.reduction_factor) if search else None)
+    from i2m2_ray.storage import open_storage
+
+    where = {"storage_path": storage_path} if storage_path else open_storage(exp.output_dir).tune_args()
     run_config = tune.RunConfig(
-        name=name, storage_path=storage_path or str(Path(exp.output_dir).resolve()), verbose=0,
+        name=name, **where, verbose=0,
         callbacks=[TrialPrinter(variant, key), CSVLoggerCallback(), JsonLoggerCallback(), FlatHParamsTBXLogger()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=1))
