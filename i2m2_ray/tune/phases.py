@@ -89,6 +89,23 @@ def _read_final(result) -> dict[str, Any]:
     return trial.read_json(RESULT_FILE) if trial.is_file(RESULT_FILE) else {}
 
 
+def _keep_best_weights(result) -> None:
+    """``<trial>/model.pt`` in storage, from the trial's last checkpoint when the trial did not publish it.
+
+    A trial the scheduler stops (ASHA at ``max_epochs`` or at a rung) never returns, so it never publishes its
+    files; its best weights travel in every checkpoint (trainable.py), which Tune uploads with each report.
+    A server-side copy on object storage; stage-2 trials and the analysis read ``model.pt``.
+    """
+    from i2m2_ray.tune.trainable import BEST_IN_CHECKPOINT
+
+    trial = Storage.on(result.filesystem, result.path)
+    if result.checkpoint is None or trial.is_file(MODEL_FILE):
+        return
+    checkpoint = Storage.on(result.filesystem, result.checkpoint.path)
+    if checkpoint.is_file(BEST_IN_CHECKPOINT):
+        result.filesystem.copy_file(checkpoint.path(BEST_IN_CHECKPOINT), trial.path(MODEL_FILE))
+
+
 def trial_rows(grid, key: str) -> list[dict[str, Any]]:
     """One ledger row per trial: its searched values, outcome and the loop's ``final.json``; ``trial_dir`` is
     ``<phase>/<trial>``, relative to the experiment root (Tune's storage root)."""
@@ -106,6 +123,8 @@ def trial_rows(grid, key: str) -> list[dict[str, Any]]:
             "time_s": m.get("time_total_s"),
             "final": _read_final(r) if status == "ok" else {},
         })
+        if status == "ok":
+            _keep_best_weights(r)
     return rows
 
 

@@ -4,10 +4,12 @@ A single-worker trial runs ``i2m2_ray.train.loop.train`` directly (about 1.5 s o
 overhead instead of 12-15 s for a Train worker group); the session below turns the
 loop's per-epoch reports into ``ray.tune.report`` calls with a checkpoint attached.
 
-The trial's directory is this node's scratch: the best weights travel in every checkpoint (so a
-trial restored on another node evaluates the right epoch), and before the trial ends its files
-(``model.pt``, ``final.json``, ``init.pt``, ``config.yaml``, curves) are copied to the trial's
-directory in the experiment storage, where the driver and stage-2 trials on any node read them.
+The trial's directory is this node's scratch. The best weights travel in every checkpoint (so a
+trial restored on another node evaluates the right epoch, and the driver can keep the weights of
+a trial the scheduler stopped: phases.py); ``init.pt`` and ``config.yaml`` are copied to the
+trial's directory in the experiment storage at the first report, and everything the loop wrote
+(``model.pt``, ``final.json``, curves) before the trial returns, so the driver and stage-2 trials on
+any node read them there.
 Ray's own upload of the trial directory is the driver's background sync of its local staging
 directory, which only sees trials that ran on the driver's node, so it is not relied on.
 """
@@ -28,6 +30,7 @@ from i2m2_ray.train.session import STATE_FILE, Session, load_state_file, save_st
 from i2m2_ray.tune.space import searched_values, with_values
 
 ARTIFACTS = (MODEL_FILE, RESULT_FILE, INIT_FILE, "config.yaml", "tensorboard")
+EARLY_ARTIFACTS = (INIT_FILE, "config.yaml")
 BEST_IN_CHECKPOINT = "best_model.pt"
 
 
@@ -42,6 +45,8 @@ class TuneSession(Session):
         from ray import tune
 
         self.reports += 1
+        if self.reports == 1 and self.run_dir is not None:
+            publish(self.run_dir, EARLY_ARTIFACTS)  # a trial the scheduler stops never returns to publish them
         if state is None:
             tune.report(metrics)
             return
@@ -74,7 +79,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def publish(run_dir: Path) -> None:
+def publish(run_dir: Path, names: tuple[str, ...] = ARTIFACTS) -> None:
     """The loop's files, from this node's scratch to the trial's directory in the experiment storage.
 
     Synchronous and before the trial returns, so when Tune marks the trial finished the driver can
@@ -88,7 +93,7 @@ def publish(run_dir: Path) -> None:
     dest = Storage.on(context.storage_filesystem, context.trial_fs_path)
     if not dest.remote and Path(dest.root).resolve() == run_dir.resolve():
         return
-    for name in ARTIFACTS:
+    for name in names:
         src = run_dir / name
         if src.is_dir():
             dest.upload_dir(src, name)
