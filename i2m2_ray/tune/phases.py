@@ -195,6 +195,15 @@ def final_stage1(exp: ExperimentConfig, best: dict[str, dict[str, Any]], state: 
     return _final_phase(exp, FINAL, "final runs", _runs(exp, exp.stage1_variants(), best), state, resume)
 
 
+def _relative(path: str, root: Path | None) -> str:
+    """``path`` relative to a local experiment directory when it lies inside it (experiments move; the ledger
+    should not pin them), else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(root)) if root and Path(path).is_absolute() else path
+    except ValueError:
+        return path
+
+
 def stage2_final_inits(exp: ExperimentConfig, modalities: list[str], search_inits: dict[str, dict[str, str]],
                        stage1_runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, str]]]:
     """variant -> str(seed) -> expert -> state dict, relative to the experiment root (``search_inits`` too).
@@ -203,6 +212,8 @@ def stage2_final_inits(exp: ExperimentConfig, modalities: list[str], search_init
     ``final.shared_init``: every seed from the best search trials (``search_inits``, as stage-2 searched).
     ``stage2.from_scratch``: nothing.
     """
+    storage = open_storage(exp.output_dir)
+    root = Path(storage.root) if not storage.remote else None
     by_seed = {(r["variant"], r["seed"]): Path(r["trial_dir"]).name for r in stage1_runs}
     out: dict[str, dict[str, dict[str, str]]] = {}
     for v in exp.stage2_variants():
@@ -211,12 +222,12 @@ def stage2_final_inits(exp: ExperimentConfig, modalities: list[str], search_init
             if exp.stage2.from_scratch:
                 init = {}
             elif exp.final.shared_init:
-                init = dict(search_inits[v])
+                init = {e: _relative(p, root) for e, p in search_inits[v].items()}
             else:
                 init = {}
                 for expert, src in stage1_variants(v, modalities).items():
                     if (src, seed) not in by_seed:
-                        ledger = open_storage(exp.output_dir).location(STATE)
+                        ledger = storage.location(STATE)
                         raise I2M2Error(f"{FINAL_STAGE2}: {v} seed {seed} needs the {FINAL} run of {src} "
                                         f"with seed {seed}, which {ledger} does not list")
                     init[expert] = f"{FINAL}/{by_seed[(src, seed)]}/{MODEL_FILE}"

@@ -33,11 +33,14 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: corrupt JSON ({exc}); restore it or use a new output_dir") from None
 
 
-def relative_path(path: str, phases: set[str]) -> str:
+def relative_path(path: str, phases: set[str], root: Path | None = None) -> str:
     """An absolute path an earlier version recorded (``<exp>/<phase>/<trial>[/<file>]``) as relative to the
-    experiment root, found by its phase directory, so a moved experiment still resolves; others unchanged."""
+    experiment root, found by its phase directory, so a moved experiment still resolves. Kept as it is: a
+    relative path, and an existing one outside the local ``root`` (a ledger copied elsewhere on purpose)."""
     parts = Path(path).parts
     if not Path(path).is_absolute():
+        return path
+    if root is not None and Path(path).exists() and not Path(path).resolve().is_relative_to(root.resolve()):
         return path
     for i in range(len(parts) - 1, 0, -1):
         if parts[i] in phases:
@@ -45,7 +48,7 @@ def relative_path(path: str, phases: set[str]) -> str:
     return path
 
 
-def _translate(data: dict[str, Any]) -> None:
+def _translate(data: dict[str, Any], root: Path | None) -> None:
     """Old ledgers: ``trial_dir``, ``model_path`` and search ``init`` paths made relative, in place."""
     phases = set(data["phases"])
     for payload in data["phases"].values():
@@ -53,12 +56,12 @@ def _translate(data: dict[str, Any]) -> None:
             continue
         for row in [payload.get("best") or {}, *payload.get("trials", []), *payload.get("runs", [])]:
             if isinstance(row.get("trial_dir"), str):
-                row["trial_dir"] = relative_path(row["trial_dir"], phases)
+                row["trial_dir"] = relative_path(row["trial_dir"], phases, root)
         if isinstance(payload.get("model_path"), str):
-            payload["model_path"] = relative_path(payload["model_path"], phases)
+            payload["model_path"] = relative_path(payload["model_path"], phases, root)
         init = payload.get("init")
         if isinstance(init, dict) and all(isinstance(v, str) for v in init.values()):
-            payload["init"] = {k: relative_path(v, phases) for k, v in init.items()}
+            payload["init"] = {k: relative_path(v, phases, root) for k, v in init.items()}
 
 
 def code_fingerprint() -> str:
@@ -86,7 +89,7 @@ class ExperimentState:
         self.data: dict[str, Any] = self.storage.read_json(STATE) if self.storage.is_file(STATE) else {"phases": {}}
         if not isinstance(self.data, dict) or not isinstance(self.data.get("phases"), dict):
             raise ConfigError(f"{self.path}: corrupt ledger (no 'phases' mapping); restore it or use a new output_dir")
-        _translate(self.data)
+        _translate(self.data, None if self.storage.remote else Path(self.storage.root))
 
     def phase(self, name: str) -> dict[str, Any] | None:
         return self.data["phases"].get(name)
