@@ -138,3 +138,17 @@ def test_corrupt_ledger_on_s3_names_its_uri(s3):
     store.write_text("state.json", "{not json")
     with pytest.raises(ConfigError, match=r"s3://unit/corrupt/state.json\?.*corrupt JSON"):
         ExperimentState(store)
+
+
+@pytest.mark.parametrize("cli", ["i2m2_ray.tune", "i2m2_ray.report"])
+def test_cli_refuses_a_bad_storage_uri_in_one_line_before_ray_starts(cli, s3):
+    import subprocess
+    import sys
+
+    uri = s3.uri("absent", "exp")
+    argv = ["--smoke", f"output_dir={uri}"] if cli == "i2m2_ray.tune" else [uri]
+    proc = subprocess.run([sys.executable, "-m", cli, *argv], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"error: {uri}: bucket 'absent' does not exist; create it first"
+    assert "Ray" not in proc.stdout  # refused before a cluster was started or joined
