@@ -152,7 +152,8 @@ def _ledger_without(out: Path, *phases: str) -> dict:
         del data["phases"][name]
     for payload in data["phases"].values():
         for row in [payload.get("best") or {}, *payload.get("trials", []), *payload.get("runs", [])]:
-            row["trial_dir"] = str(out / row["trial_dir"])
+            if "trial_dir" in row:
+                row["trial_dir"] = str(out / row["trial_dir"])
         if "model_path" in payload:
             payload["model_path"] = str(out / payload["model_path"])
         if payload.get("init") and all(isinstance(v, str) for v in payload["init"].values()):
