@@ -1,6 +1,9 @@
 """``python -m i2m2_ray.report DIR``: reprint an experiment's table, with the dependency diagnosis and its
 verdict, the missing-modality table and the expert ablation (also for an unfinished experiment: it
-shows what has finished)."""
+shows what has finished).
+
+DIR is a local directory or the experiment's object-storage URI (``s3://bucket/prefix?endpoint_override=...``):
+everything is read from there, nothing from the disks of the nodes that ran it."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def _print_frame(title: str, frame: pl.DataFrame | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="i2m2-report", description=__doc__)
-    parser.add_argument("experiment_dir")
+    parser.add_argument("experiment_dir", help="a directory or an s3:// / gs:// URI (see the README)")
     parser.add_argument("--no-analysis", action="store_true", help="only the results table (no model loading)")
     parser.add_argument("--trials", action="store_true",
                         help="instead, one row per finished trial of every phase (params, outcome, Ray node)")
@@ -76,10 +79,13 @@ def _print_trials(exp_dir: str) -> None:
 
 
 def _report(exp_dir: str, analysis: bool, also: list[str] | None = None) -> None:
+    from i2m2_ray.storage import open_storage
     from i2m2_ray.tune.results import load_experiment_dir, render_markdown, results_table
 
-    exp, _ = load_experiment_dir(exp_dir)
-    table = results_table(exp_dir)
+    storage = open_storage(exp_dir)
+    storage.check()
+    exp, _ = load_experiment_dir(storage)
+    table = results_table(storage)
     print(f"experiment {exp.name!r} ({exp_dir}): metric {exp.metric}, seeds {exp.final.seeds}\n")
     print(render_markdown(table))
     pending = table.filter(pl.col("status") != "done")["variant"].to_list()

@@ -18,10 +18,12 @@
 # Results: unless an output_dir=... override is given, the experiment writes to
 #   ${I2M2_OUTPUT_ROOT:-/tmp/i2m2-runs}/<submission id>
 # on the head (an absolute path: the job's own working directory is a temporary unpacked copy of the
-# code). For multi-node clusters set I2M2_OUTPUT_ROOT to a shared filesystem mounted on every node.
+# code). For multi-node clusters set I2M2_OUTPUT_ROOT to object storage, e.g.
+#   I2M2_OUTPUT_ROOT='s3://BUCKET/i2m2-runs'   (README "Running on a cluster": credentials on every node)
+# or to a shared filesystem mounted at the same path on every node (NFS).
 #
 # Environment:
-#   I2M2_OUTPUT_ROOT    where experiments go on the head (default /tmp/i2m2-runs)
+#   I2M2_OUTPUT_ROOT    where experiments go: a path on the head (default /tmp/i2m2-runs) or s3://, gs://
 #   I2M2_SUBMISSION_ID  the job's submission id (default i2m2-<experiment>-<UTC timestamp>)
 #   I2M2_NO_WAIT=1      submit and return at once instead of following the logs
 #   RAY                 the ray CLI to use (default: ray on PATH)
@@ -71,10 +73,15 @@ for kv in "$@"; do
     [[ "$kv" == output_dir=* ]] && output_dir="${kv#output_dir=}"
 done
 if [[ -z "$output_dir" ]]; then
-    output_dir="${I2M2_OUTPUT_ROOT:-/tmp/i2m2-runs}/$submission_id"
+    root="${I2M2_OUTPUT_ROOT:-/tmp/i2m2-runs}"
+    if [[ "$root" == *://*\?* ]]; then  # a URI with options: the id goes before the query string
+        output_dir="${root%%\?*}/$submission_id?${root#*\?}"
+    else
+        output_dir="$root/$submission_id"
+    fi
     args+=("output_dir=$output_dir")
 fi
-[[ "$output_dir" == /* ]] || { echo "error: output_dir=$output_dir must be absolute (the job runs in a temporary copy of the code)" >&2; exit 2; }
+[[ "$output_dir" == /* || "$output_dir" == *://* ]] || { echo "error: output_dir=$output_dir must be absolute (the job runs in a temporary copy of the code)" >&2; exit 2; }
 args+=("$@")
 
 if [[ -z "${RAY_AUTH_MODE:-}" ]] && [[ -n "${RAY_AUTH_TOKEN:-}" || -n "${RAY_AUTH_TOKEN_PATH:-}" || -f "$HOME/.ray/auth_token" ]]; then
@@ -94,6 +101,7 @@ job $submission_id: results on the head in $output_dir
   fetch:   ray rsync-down CLUSTER.yaml $output_dir ./runs/$submission_id    (cluster launcher)
            kubectl cp HEAD_POD:$output_dir ./runs/$submission_id             (KubeRay)
            (local head: the files are already in $output_dir)
+  report:  python -m i2m2_ray.report '$output_dir'   (any machine that can read it; s3:// needs the AWS_* variables)
   tables:  $output_dir/results.md, results.csv, results.parquet
   curves:  tensorboard --logdir $output_dir --host 127.0.0.1   (on the head, or on the fetched copy)
 EOF

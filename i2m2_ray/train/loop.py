@@ -137,7 +137,10 @@ def setup(cfg: TrainConfig, session: Session | None = None, loggers: list[Metric
     device = pick_device(cfg.gpu)
     model = build_model(manifest, cfg.variant, cfg.model)
     if cfg.init:
-        init_from_stage1(model, {k: Path(v).expanduser() for k, v in cfg.init.items()})
+        from i2m2_ray.storage import local_copies
+
+        with local_copies(dict(cfg.init)) as files:  # object-storage inits fetched to scratch first
+            init_from_stage1(model, files)
         if rank == 0:  # the exact starting weights, so stage-2 provenance can be checked, not assumed
             atomic_torch_save(model.state_dict(), run_dir / INIT_FILE)
     model.to(device)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from i2m2_ray.config import from_dict, load_yaml
+from i2m2_ray.config import from_dict
 from i2m2_ray.data.format import load_manifest
 from i2m2_ray.data.memory import InMemoryData
+from i2m2_ray.storage import open_storage
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.train.epoch import evaluate, predict
 from i2m2_ray.train.loop import MODEL_FILE, prepare_run
@@ -36,11 +38,12 @@ CPU = torch.device("cpu")
 def _load_run(trial_dir: str | Path) -> tuple[TrainConfig, torch.nn.Module, InMemoryData]:
     from i2m2_ray.models import build_model
 
-    trial_dir = Path(trial_dir)
-    cfg = from_dict(TrainConfig, load_yaml(trial_dir / "config.yaml"))
+    trial_dir = open_storage(trial_dir)  # a local path or an object-storage URI
+    cfg = from_dict(TrainConfig, trial_dir.read_yaml("config.yaml"))
     root, manifest, mods = prepare_run(cfg)
     model = build_model(manifest, cfg.variant, cfg.model)
-    model.load_state_dict(torch.load(trial_dir / MODEL_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(io.BytesIO(trial_dir.read_bytes(MODEL_FILE)), map_location="cpu",
+                                     weights_only=True))
     return cfg, model.eval(), _data(root, mods)
 
 
@@ -64,9 +67,11 @@ def label_entropy(labels: np.ndarray) -> float:
     return float(np.mean(-(q * np.log(q) + (1 - q) * np.log(1 - q))))
 
 
-def _final_runs(exp_dir: Path) -> list[dict[str, Any]]:
-    """Finished final runs of both final phases (stage 1 and stage 2)."""
-    return [r for r in ExperimentState(exp_dir).final_runs() if r["error"] is None and r["final"]]
+def _final_runs(exp_dir: str | Path) -> list[dict[str, Any]]:
+    """Finished final runs of both final phases (stage 1 and stage 2), ``trial_dir`` as a location."""
+    storage = open_storage(exp_dir)
+    return [{**r, "trial_dir": storage.location(r["trial_dir"])} for r in ExperimentState(storage).final_runs()
+            if r["error"] is None and r["final"]]
 
 
 def _split(data: InMemoryData) -> str:
@@ -84,7 +89,7 @@ def dependency_table(exp_dir: str | Path) -> pl.DataFrame | None:
     """Per model (every variant, intra included): mean predictive entropy against H(y), with ECE, accuracy
     and mean log-likelihood on the same rows, averaged over the seeds' final runs."""
     rows = []
-    for run in _final_runs(Path(exp_dir)):
+    for run in _final_runs(exp_dir):
         log_probs, labels = _predictions(run)
         m = classification_metrics(log_probs, labels)
         rows.append({"model": run["variant"], "seed": run["seed"], "predictive_entropy": predictive_entropy(log_probs),
@@ -110,7 +115,7 @@ def dependency_verdict(exp_dir: str | Path, resamples: int = 2000, seed: int = 0
     a false "detected" stays below 1 - ``level``.
     """
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for run in _final_runs(Path(exp_dir)):
+    for run in _final_runs(exp_dir):
         runs.setdefault(run["variant"], {})[run["seed"]] = run
     joints = [v for v in runs if v.startswith("inter:")]
     unimodal = [v for v in runs if v.startswith("unimodal:")]
@@ -168,7 +173,7 @@ def missing_modality_table(exp_dirs: str | Path | Sequence[str | Path], metric: 
     ``modality_dropout`` is a column, read from each run's config."""
     rows = []
     for exp_dir in [exp_dirs] if isinstance(exp_dirs, (str, Path)) else exp_dirs:
-        runs = _final_runs(Path(exp_dir))
+        runs = _final_runs(exp_dir)
         finals = {(r["variant"], r["seed"]): r["final"] for r in runs}
         for run in runs:
             if run["variant"].split(":")[0] not in ("intra", "i2m2"):
@@ -200,7 +205,7 @@ def expert_ablation_table(exp_dir: str | Path, metric: str) -> pl.DataFrame | No
     """Each I2M2 final run with one expert left out of the product at test time (not a missing modality:
     without the image expert, the inter expert still reads the image)."""
     rows = []
-    for run in _final_runs(Path(exp_dir)):
+    for run in _final_runs(exp_dir):
         if not run["variant"].startswith("i2m2"):
             continue
         cfg, model, data = _load_run(run["trial_dir"])

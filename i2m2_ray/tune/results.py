@@ -13,9 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from i2m2_ray.config import load_yaml
 from i2m2_ray.errors import ConfigError, I2M2Error
-from i2m2_ray.fsutil import atomic_write_bytes, atomic_write_text
+from i2m2_ray.storage import Storage, open_storage
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.tune.experiment import ExperimentConfig, experiment_from_dict
 from i2m2_ray.tune.space import column_name, field_type
@@ -33,16 +32,17 @@ from i2m2_ray.tune.state import (
 HEADERS = {"weight_decay": "wd"}
 
 
-def load_experiment_dir(exp_dir: str | Path) -> tuple[ExperimentConfig, ExperimentState]:
-    exp_dir = Path(exp_dir)
-    path = exp_dir / EXPERIMENT_FILE
-    if not path.is_file():
-        raise ConfigError(f"{exp_dir}: not an experiment directory (no {EXPERIMENT_FILE})")
+def load_experiment_dir(exp_dir: str | Path | Storage) -> tuple[ExperimentConfig, ExperimentState]:
+    """The experiment and its ledger, from a local directory or object storage (see storage.py)."""
+    storage = open_storage(exp_dir)
+    path = storage.location(EXPERIMENT_FILE)
+    if not storage.is_file(EXPERIMENT_FILE):
+        raise ConfigError(f"{storage}: not an experiment directory (no {EXPERIMENT_FILE})")
     try:
-        exp = experiment_from_dict(load_yaml(path))
+        exp = experiment_from_dict(storage.read_yaml(EXPERIMENT_FILE))
     except ConfigError as exc:
-        raise ConfigError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
-    return exp, ExperimentState(exp_dir)
+        raise ConfigError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
+    return exp, ExperimentState(storage)
 
 
 def _dtype(path: str) -> pl.DataType:
@@ -87,7 +87,7 @@ def bayes_accuracy(exp: ExperimentConfig) -> float | None:
         return None
 
 
-def results_table(exp_dir: str | Path) -> pl.DataFrame:
+def results_table(exp_dir: str | Path | Storage) -> pl.DataFrame:
     """Best validation metric, test mean and sample std over seeds, the best value of every searched path
     (``lr`` / ``weight_decay`` for the optimiser's, dotted names for the rest), trials, failed trials,
     epochs, time, and the dataset's Bayes-optimal accuracy where its manifest has one (the ceiling)."""
@@ -167,13 +167,11 @@ def render_markdown(table: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def save_table(table: pl.DataFrame, exp_dir: str | Path) -> list[Path]:
-    """Markdown, CSV and Parquet, each written atomically (a reader never sees half a table)."""
-    exp_dir = Path(exp_dir)
-    paths = [exp_dir / f"{TABLE}.md", exp_dir / f"{TABLE}.csv", exp_dir / f"{TABLE}.parquet"]
-    atomic_write_text(paths[0], render_markdown(table) + "\n")
-    atomic_write_text(paths[1], table.write_csv())
+def save_table(table: pl.DataFrame, exp_dir: str | Path | Storage) -> list[str]:
+    """Markdown, CSV and Parquet, each written whole (a reader never sees half a table); their locations."""
+    storage = open_storage(exp_dir)
     buf = io.BytesIO()
     table.write_parquet(buf)
-    atomic_write_bytes(paths[2], buf.getvalue())
-    return paths
+    return [storage.write_text(f"{TABLE}.md", render_markdown(table) + "\n"),
+            storage.write_text(f"{TABLE}.csv", table.write_csv()),
+            storage.write_bytes(f"{TABLE}.parquet", buf.getvalue())]

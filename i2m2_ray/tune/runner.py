@@ -1,7 +1,8 @@
 """The experiment driver: stage 1 (unimodal, inter), stage 2 (intra, I2M2 from stage-1 weights), each stage's
 variants searched side by side in one Tune run (stages.py), final seeds
 (stage 1, then stage 2 from the same seed's stage-1 final models), then the results table. Validation happens
-before Ray starts; one driver per experiment directory."""
+before Ray starts; one driver per experiment directory. The directory may be object storage (storage.py): its
+lock is then a local one keyed by the URI, so two drivers on different machines are not excluded."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from i2m2_ray.config import load_yaml, save_yaml, to_dict
+from i2m2_ray.config import to_dict
 from i2m2_ray.data.dataset import resolve_dataset
 from i2m2_ray.data.format import load_manifest
 from i2m2_ray.errors import ConfigError
 from i2m2_ray.fsutil import dir_lock
 from i2m2_ray.models.builder import model_modalities, stage1_variants
+from i2m2_ray.storage import Storage, lock_dir, open_storage
 from i2m2_ray.tune.experiment import (
     ExperimentConfig,
     check_variants,
@@ -41,19 +43,20 @@ def banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def saved_experiment(exp_dir: Path) -> ExperimentConfig | None:
+def saved_experiment(exp_dir: str | Path | Storage) -> ExperimentConfig | None:
     """The experiment an earlier run saved there, in today's form (defaults filled, old keys translated)."""
-    path = exp_dir / EXPERIMENT_FILE
-    if not path.is_file():
+    storage = open_storage(exp_dir)
+    path = storage.location(EXPERIMENT_FILE)
+    if not storage.is_file(EXPERIMENT_FILE):
         return None
     try:
-        return experiment_from_dict(load_yaml(path))
+        return experiment_from_dict(storage.read_yaml(EXPERIMENT_FILE))
     except ConfigError as exc:
         message = str(exc)
-        raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
+        raise ConfigError(message if path in message else f"{path}: {message}") from None
 
 
-def _check_same_experiment(exp: ExperimentConfig, exp_dir: Path) -> None:
+def _check_same_experiment(exp: ExperimentConfig, exp_dir: Storage) -> None:
     saved = saved_experiment(exp_dir)
     if saved is None:
         return
@@ -64,23 +67,23 @@ def _check_same_experiment(exp: ExperimentConfig, exp_dir: Path) -> None:
                               "use a new output_dir (finished trials there are kept)")
 
 
-def experiment_lock(exp_dir: Path):
+def experiment_lock(exp_dir: str | Path | Storage):
     """One driver per experiment directory: a second would restore the same phase and race on its checkpoints."""
-    return dir_lock(exp_dir, what="run of this experiment")
+    return dir_lock(lock_dir(open_storage(exp_dir)), what="run of this experiment")
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True, num_cpus: int | None = None):
     """Run (or resume) every phase, then write and return the results table."""
     started = time.time()
-    exp_dir = Path(exp.output_dir).resolve()
+    exp_dir = open_storage(exp.output_dir)
+    exp_dir.check()  # a missing bucket or a dead endpoint fails here, before Ray starts
     root = resolve_dataset(exp.dataset)
     manifest = load_manifest(root)
     modalities = model_modalities(manifest, exp.base_train_config().model)
     check_variants(exp, manifest, modalities)
     check_resources(exp, num_cpus)  # starts Ray; a trial no node can place fails here, nothing written
-    exp_dir.mkdir(parents=True, exist_ok=True)
     with experiment_lock(exp_dir):
-        if not resume and (exp_dir / STATE).exists():
+        if not resume and exp_dir.exists(STATE):
             raise ConfigError(f"{exp_dir}: an experiment exists there and --no-resume was given; use a new output_dir")
         _check_same_experiment(exp, exp_dir)
         return _run_locked(exp, exp_dir, root, modalities, num_cpus, resume, started)
@@ -96,11 +99,11 @@ def _note_code_change(state: ExperimentState) -> None:
         state.save()
 
 
-def _run_locked(exp: ExperimentConfig, exp_dir: Path, root: Path, modalities: list[str], num_cpus: int | None,
+def _run_locked(exp: ExperimentConfig, exp_dir: Storage, root: Path, modalities: list[str], num_cpus: int | None,
                 resume: bool, started: float):
     manifest = load_manifest(root)
     state = ExperimentState(exp_dir)
-    save_yaml(to_dict(exp), exp_dir / EXPERIMENT_FILE)
+    exp_dir.write_yaml(EXPERIMENT_FILE, to_dict(exp))
     _note_code_change(state)
     init_ray(num_cpus)
     print(f"experiment {exp.name!r}: {len(exp.variants)} variants on {manifest.name} ({root}); "

@@ -189,13 +189,26 @@ def _run_config(exp: ExperimentConfig, name: str, callbacks: list, storage_path:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from i2m2_ray.storage import open_storage
     from i2m2_ray.tune.tensorboard import FlatHParamsTBXLogger
 
+    where = {"storage_path": storage_path} if storage_path else open_storage(exp.output_dir).tune_args()
     return tune.RunConfig(
-        name=name, storage_path=storage_path or str(Path(exp.output_dir).resolve()), verbose=0,
+        name=name, **where, verbose=0,
         callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback(), FlatHParamsTBXLogger()],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=1))
+
+
+def log_dir(exp: ExperimentConfig, name: str, storage_path: str | None = None) -> Path:
+    """Where the driver appends a run's own logs (timeline, ASHA decisions): the run's directory when the
+    experiment is local; for object storage a scratch directory on the driver (``stages.py`` uploads them)."""
+    from i2m2_ray.storage import lock_dir, open_storage
+
+    if storage_path:
+        return Path(storage_path) / name
+    storage = open_storage(exp.output_dir)
+    return (Path(storage.root) if not storage.remote else lock_dir(storage) / "logs") / name
 
 
 def _asha_args(exp: ExperimentConfig) -> dict[str, Any]:
@@ -220,8 +233,8 @@ def build_tuner(exp: ExperimentConfig, name: str, variant: str, param_space: dic
         num_samples=b.trials if search else 1,
         search_alg=make_searcher(exp, variant, seed) if search else None,
         scheduler=ASHAScheduler(**_asha_args(exp)) if search else None)
-    where = Path(storage_path or Path(exp.output_dir).resolve()) / name
-    run_config = _run_config(exp, name, [TrialPrinter(variant, key), Timeline(where / TIMELINE)], storage_path)
+    timeline = Timeline(log_dir(exp, name, storage_path) / TIMELINE)
+    run_config = _run_config(exp, name, [TrialPrinter(variant, key), timeline], storage_path)
     return tune.Tuner(make_trainable(exp), param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
@@ -235,7 +248,7 @@ def build_stage_tuner(exp: ExperimentConfig, name: str, spaces: dict[str, dict[s
     from i2m2_ray.tune.progress import TrialPrinter
 
     key = metric_key(exp)
-    stage_dir = Path(storage_path or Path(exp.output_dir).resolve()) / name
+    stage_dir = log_dir(exp, name, storage_path)
     searcher = MultiSearch(spaces, {v: make_searcher(exp, v) for v in spaces}, exp.budget.trials, key, exp.mode)
     tune_config = tune.TuneConfig(
         metric=key, mode=exp.mode, max_concurrent_trials=concurrency(exp),

@@ -12,12 +12,12 @@ variant whose own Tune run was left unfinished resumes it, alone, before the sta
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
+from i2m2_ray.storage import open_storage
 from i2m2_ray.tune.experiment import ExperimentConfig
 from i2m2_ray.tune.multisearch import trial_variant
-from i2m2_ray.tune.phases import record_search, run_phase, search_variant
+from i2m2_ray.tune.phases import init_locations, record_search, run_phase, search_variant
 from i2m2_ray.tune.service import build_stage_tuner, trial_param_space
 from i2m2_ray.tune.state import ExperimentState, slug
 
@@ -30,7 +30,9 @@ def _earlier_run(exp: ExperimentConfig, variant: str) -> bool:
     """Whether an earlier version left this variant's own search unfinished (it resumes that run)."""
     from ray import tune
 
-    return tune.Tuner.can_restore(str(Path(exp.output_dir).resolve() / f"search-{slug(variant)}"))
+    storage = open_storage(exp.output_dir)
+    return tune.Tuner.can_restore(storage.path(f"search-{slug(variant)}"),
+                                  storage_filesystem=storage.tune_args()["storage_filesystem"])
 
 
 def search_stage(exp: ExperimentConfig, stage: int, inits: dict[str, dict[str, str]], state: ExperimentState,
@@ -55,7 +57,7 @@ def search_stage(exp: ExperimentConfig, stage: int, inits: dict[str, dict[str, s
     if not todo:
         return {v: out[v] for v in inits}
     name = stage_name(stage)
-    spaces = {v: trial_param_space(exp, v, init) for v, init in todo.items()}
+    spaces = {v: trial_param_space(exp, v, init_locations(exp, init)) for v, init in todo.items()}
     t0 = time.time()
     grid = run_phase(exp, name, "search", {}, search=True, resume=resume,
                      build=lambda: build_stage_tuner(exp, name, spaces))

@@ -1,8 +1,11 @@
 """The experiment directory's files and ledger (``state.json``): which phases finished and what they found.
 
-Written atomically after every phase, so an interrupted experiment resumes where it
-stopped and ``python -m i2m2_ray.report`` can read an unfinished one. The ledger also
-records a fingerprint of the code that wrote it, so a resume after an upgrade can say so.
+The directory may be object storage (see storage.py); every path the ledger holds is relative to
+its root, so a moved or downloaded experiment still resumes and reports (ledgers of earlier
+versions held absolute paths: they are translated on load). Written atomically after every
+phase, so an interrupted experiment resumes where it stopped and ``python -m i2m2_ray.report``
+can read an unfinished one. The ledger also records a fingerprint of the code that wrote it, so a
+resume after an upgrade can say so.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from i2m2_ray.errors import ConfigError
-from i2m2_ray.fsutil import atomic_write_json
+from i2m2_ray.storage import Storage, open_storage
 
 EXPERIMENT_FILE = "experiment.yaml"
 STATE = "state.json"
@@ -23,11 +26,42 @@ FINAL, FINAL_STAGE2 = "final", "final-stage2"
 
 
 def read_json(path: Path) -> Any:
-    """A JSON file this project wrote; a truncated or hand-edited one fails in one line naming it."""
+    """A local JSON file this project wrote; a truncated or hand-edited one fails in one line naming it."""
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: corrupt JSON ({exc}); restore it or use a new output_dir") from None
+
+
+def relative_path(path: str, phases: set[str], root: Path | None = None) -> str:
+    """An absolute path an earlier version recorded (``<exp>/<phase>/<trial>[/<file>]``) as relative to the
+    experiment root, found by its phase directory, so a moved experiment still resolves. Kept as it is: a
+    relative path, and an existing one outside the local ``root`` (a ledger copied elsewhere on purpose)."""
+    parts = Path(path).parts
+    if not Path(path).is_absolute():
+        return path
+    if root is not None and Path(path).exists() and not Path(path).resolve().is_relative_to(root.resolve()):
+        return path
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] in phases:
+            return "/".join(parts[i:])
+    return path
+
+
+def _translate(data: dict[str, Any], root: Path | None) -> None:
+    """Old ledgers: ``trial_dir``, ``model_path`` and search ``init`` paths made relative, in place."""
+    phases = set(data["phases"])
+    for payload in data["phases"].values():
+        if not isinstance(payload, dict):
+            continue
+        for row in [payload.get("best") or {}, *payload.get("trials", []), *payload.get("runs", [])]:
+            if isinstance(row.get("trial_dir"), str):
+                row["trial_dir"] = relative_path(row["trial_dir"], phases, root)
+        if isinstance(payload.get("model_path"), str):
+            payload["model_path"] = relative_path(payload["model_path"], phases, root)
+        init = payload.get("init")
+        if isinstance(init, dict) and all(isinstance(v, str) for v in init.values()):
+            payload["init"] = {k: relative_path(v, phases, root) for k, v in init.items()}
 
 
 def code_fingerprint() -> str:
@@ -49,11 +83,13 @@ def code_fingerprint() -> str:
 
 
 class ExperimentState:
-    def __init__(self, exp_dir: Path) -> None:
-        self.path = Path(exp_dir) / STATE
-        self.data: dict[str, Any] = read_json(self.path) if self.path.is_file() else {"phases": {}}
+    def __init__(self, exp_dir: str | Path | Storage) -> None:
+        self.storage = open_storage(exp_dir)
+        self.path = self.storage.location(STATE)
+        self.data: dict[str, Any] = self.storage.read_json(STATE) if self.storage.is_file(STATE) else {"phases": {}}
         if not isinstance(self.data, dict) or not isinstance(self.data.get("phases"), dict):
             raise ConfigError(f"{self.path}: corrupt ledger (no 'phases' mapping); restore it or use a new output_dir")
+        _translate(self.data, None if self.storage.remote else Path(self.storage.root))
 
     def phase(self, name: str) -> dict[str, Any] | None:
         return self.data["phases"].get(name)
@@ -67,7 +103,7 @@ class ExperimentState:
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        self.storage.write_json(STATE, self.data)
 
 
 def slug(variant: str) -> str:

@@ -101,7 +101,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def _i2m2_init(state: ExperimentState, seed: int) -> Path:
     runs = [r for r in state.phase(FINAL_STAGE2)["runs"] if r["variant"] == "i2m2:lf" and r["seed"] == seed]
     assert len(runs) == 1, runs
-    return Path(runs[0]["trial_dir"]) / "init.pt"
+    return Path(state.storage.path(runs[0]["trial_dir"])) / "init.pt"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def smoke(ray_local, tmp_path_factory):
 def test_seed_s_i2m2_final_starts_from_the_seed_s_stage1_final_models(smoke):
     out, _ = smoke
     state = ExperimentState(out)
-    stage1 = {(r["variant"], r["seed"]): Path(r["trial_dir"]) / "model.pt" for r in state.phase(FINAL)["runs"]}
+    stage1 = {(r["variant"], r["seed"]): out / r["trial_dir"] / "model.pt" for r in state.phase(FINAL)["runs"]}
     assert sorted(stage1) == sorted((v, s) for v in SOURCES.values() for s in (0, 1))
     inits = {s: _i2m2_init(state, s) for s in (0, 1)}
     for seed, init in inits.items():
@@ -145,9 +145,19 @@ def test_table_and_missing_modality_read_the_stage2_final_runs(smoke):
 
 
 def _ledger_without(out: Path, *phases: str) -> dict:
+    """The ledger less some phases, its paths absolute (as earlier versions wrote them), so a copy elsewhere
+    still points at this experiment's trials."""
     data = json.loads((out / "state.json").read_text())
     for name in phases:
         del data["phases"][name]
+    for payload in data["phases"].values():
+        for row in [payload.get("best") or {}, *payload.get("trials", []), *payload.get("runs", [])]:
+            if "trial_dir" in row:
+                row["trial_dir"] = str(out / row["trial_dir"])
+        if "model_path" in payload:
+            payload["model_path"] = str(out / payload["model_path"])
+        if payload.get("init") and all(isinstance(v, str) for v in payload["init"].values()):
+            payload["init"] = {k: str(out / v) for k, v in payload["init"].items()}
     return data
 
 
@@ -165,7 +175,7 @@ def test_shared_init_starts_every_seed_from_the_best_search_trials(smoke, tmp_pa
         init = _i2m2_init(state, seed)
         assert init.parent.parent == shared / FINAL_STAGE2
         for expert, source in SOURCES.items():
-            best = Path(state.phase(f"search-{source.replace(':', '-')}")["model_path"])
+            best = out / state.phase(f"search-{source.replace(':', '-')}")["model_path"]
             assert _same(_experts(init, expert), _experts(best, expert)), (seed, expert)
     assert state.phase(FINAL_STAGE2)["init_from"] == "best search trials"
 

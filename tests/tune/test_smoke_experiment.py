@@ -51,14 +51,15 @@ def test_stage2_trials_start_from_the_best_stage1_weights(smoke):
     out, _ = smoke
     state = ExperimentState(out)
     variants = {"image": "unimodal:image", "audio": "unimodal:audio", "inter": "inter:lf"}
-    best = {e: state.phase(f"search-{v.replace(':', '-')}")["model_path"] for e, v in variants.items()}
-    stage1_finals = {(r["variant"], r["seed"]): str(Path(r["trial_dir"]) / "model.pt")
+    best = {e: out / state.phase(f"search-{v.replace(':', '-')}")["model_path"] for e, v in variants.items()}
+    stage1_finals = {(r["variant"], r["seed"]): out / r["trial_dir"] / "model.pt"
                      for r in state.phase("final")["runs"]}
     stage2 = state.phase("search-i2m2-lf")["trials"]
     finals = [r for r in state.phase("final-stage2")["runs"] if r["variant"] == "i2m2:lf"]
     assert len(stage2) == 2 and len(finals) == 2
     for trial in stage2 + finals:
-        init = Path(trial["trial_dir"]) / "init.pt"
+        assert not Path(trial["trial_dir"]).is_absolute()  # the ledger's paths are relative to the experiment
+        init = out / trial["trial_dir"] / "init.pt"
         assert init.is_file(), init
         sources = best if trial in stage2 else {e: stage1_finals[(v, trial["seed"])] for e, v in variants.items()}
         for expert, source in sources.items():
@@ -67,7 +68,7 @@ def test_stage2_trials_start_from_the_best_stage1_weights(smoke):
             assert want and set(got) == set(want)
             assert all(torch.equal(got[k], want[k]) for k in want), (trial["trial_dir"], expert)
         # and training moved away from the initialisation
-        trained = _expert_tensors(Path(trial["trial_dir"]) / "model.pt", "inter")
+        trained = _expert_tensors(out / trial["trial_dir"] / "model.pt", "inter")
         assert any(not torch.equal(trained[k], v) for k, v in _expert_tensors(init, "inter").items()
                    if v.is_floating_point())
 
