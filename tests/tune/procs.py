@@ -145,3 +145,15 @@ def tail(log: Path | None, chars: int = 6000) -> str:
     if log is None or not log.is_file():
         return ""
     return log.read_text(errors="replace")[-chars:]
+
+
+def cluster_node_ip() -> str:
+    """The machine's address, for ``ray.cluster_utils.Cluster`` nodes started in the test process.
+
+    Once this process is connected to the session's loopback cluster (``ray_local``), Ray would give a
+    new in-process node that cluster's node IP (127.0.0.1) while advertising the GCS at the machine's
+    address: drivers joining ``cluster.address`` then never reach it. An explicit IP keeps both the same.
+    """
+    from ray._private.services import node_ip_address_from_perspective
+
+    return node_ip_address_from_perspective()

@@ -26,7 +26,7 @@ import pytest
 from i2m2_ray.report import main as report_main
 from i2m2_ray.report import trials_table
 from i2m2_ray.tune.state import ExperimentState
-from tests.tune.procs import SMOKE_OVERRIDES, child_env, free_port, kill_group, start_group, tail
+from tests.tune.procs import SMOKE_OVERRIDES, child_env, cluster_node_ip, free_port, kill_group, start_group, tail
 
 pytestmark = pytest.mark.slow
 # One stage-1 variant of the smoke experiment (its 200-row built-in dataset), every epoch kept by ASHA
@@ -61,9 +61,9 @@ def cluster():
     with own_address_file(temp):
         c = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port()})
+            "dashboard_port": free_port(), "node_ip_address": cluster_node_ip()})
     try:
-        workers = [c.add_node(num_cpus=2) for _ in range(2)]
+        workers = [c.add_node(num_cpus=2, node_ip_address=cluster_node_ip()) for _ in range(2)]
         c.wait_for_nodes()
         yield c, workers
     finally:

@@ -24,7 +24,7 @@ import pytest
 from i2m2_ray.tune.experiment import load_experiment
 from i2m2_ray.tune.multisearch import DECISIONS, TIMELINE, MultiSearch, read_timeline
 from i2m2_ray.tune.state import ExperimentState
-from tests.tune.procs import REPO, SMOKE_OVERRIDES, child_env, free_port, kill_group, start_group, tail
+from tests.tune.procs import REPO, SMOKE_OVERRIDES, child_env, cluster_node_ip, free_port, kill_group, start_group, tail
 
 STAGE1 = ["unimodal:image", "unimodal:audio", "inter:lf"]
 # 3 epochs, ASHA rungs at epochs 1 and 2 (grace 1, factor 2): every variant's trials are compared.
@@ -60,10 +60,10 @@ def stage1_run(tmp_path_factory):
     with own_address_file(temp):
         c = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": free_port()})
+            "dashboard_port": free_port(), "node_ip_address": cluster_node_ip()})
     try:
         for _ in range(2):
-            c.add_node(num_cpus=2)
+            c.add_node(num_cpus=2, node_ip_address=cluster_node_ip())
         c.wait_for_nodes()
         log = out.parent / "driver.log"
         proc = start_group([sys.executable, "-m", "i2m2_ray.tune", *ARGS, f"output_dir={out}"], log,
