@@ -37,10 +37,14 @@ def test_dependency_regimes_smoke(tmp_path):
 def test_avmnist_table_smoke(tmp_path):
     bench("avmnist_table", "--size", "smoke", "--out", str(tmp_path))
     sections = json.loads((tmp_path / "avmnist_k8-smoke.json").read_text())["sections"]
-    table, ablation, missing, entropy, front = sections.values()
+    table, ablation, missing, ablated, entropy, verdict, front = sections.values()
     assert [r["variant"] for r in table] == ["unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf",
                                              "intra", "i2m2:lf", "i2m2:lrtf"]
     assert [(r["variant"], r["init"]) for r in ablation] == [("i2m2:lf", "stage-1 models"), ("i2m2:lf", "from scratch")]
-    assert {r["left_out"] for r in missing} == {"(none)", "image", "waveform", "inter"}
-    assert {r["model"] for r in entropy} == {"unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf"}
+    assert {(r["model"], r["missing"]) for r in missing} == {
+        (m, gone) for m in ("intra", "i2m2:lf", "i2m2:lrtf") for gone in ("(none)", "image", "waveform")}
+    assert {r["left_out"] for r in ablated} == {"(none)", "image", "waveform", "inter"}
+    assert {r["model"] for r in entropy} == {r["variant"] for r in table}
+    assert [(r["joint"], r["baseline"]) for r in verdict] == [("inter:lf", "intra"), ("inter:lrtf", "intra")]
+    assert {r["verdict"] for r in verdict} <= {"detected", "not detected"}
     assert len(front) == 2
