@@ -113,7 +113,7 @@ def test_search_trials_spread_over_nodes_and_record_them(cluster, tmp_path, caps
     assert {t["node_id"] for t in trials} == nodes
     for t in trials:
         assert t["nodes"] == [t["node_id"]]
-        assert {r["node_id"] for r in results(Path(t["trial_dir"]))} == {t["node_id"]}  # no restart moved it
+        assert {r["node_id"] for r in results(out / t["trial_dir"])} == {t["node_id"]}  # no restart moved it
     final = ExperimentState(out).phase("final")["runs"]
     assert len(final) == 1 and final[0]["node_id"] in nodes
 
@@ -140,7 +140,7 @@ def test_two_worker_trial_trains_with_ddp_across_two_nodes(cluster, tmp_path):
         # rank 0 gathered every rank's node over the gloo process group: one rank on each node
         assert len(run["nodes"]) == 2 and set(run["nodes"]) == nodes, run
         assert run["node_id"] == run["nodes"][0]
-        saved = (Path(run["trial_dir"]) / "config.yaml").read_text()
+        saved = (out / run["trial_dir"] / "config.yaml").read_text()
         assert "workers: 2" in saved and "strategy: ddp" in saved and "placement_strategy: SPREAD" in saved
         assert run["final"]["epochs_run"] == 2
     short = sorted(n[:8] for n in nodes)
