@@ -80,7 +80,7 @@ def test_sigint_then_resume_runs_each_trial_once(tmp_path):
     state = json.loads((out / "state.json").read_text())["phases"]
     for phase, where, count in (("search-unimodal-image", stage1, 2), ("search-unimodal-audio", stage1, 2),
                                 ("search-intra", out / "search-intra", 2)):
-        trials = [Path(t["trial_dir"]) for t in state[phase]["trials"]]
+        trials = [out / t["trial_dir"] for t in state[phase]["trials"]]
         assert len(trials) == count and all(t.parent == where for t in trials), (phase, trials)
         for trial in trials:
             epochs = reported_epochs(trial)
