@@ -194,6 +194,9 @@ class Storage:
 
         if not self.remote and Path(self.path(rel)).resolve() == Path(local_dir).resolve():
             return
+        # Arrow creates the subdirectories of a copied tree but not its root: a local destination
+        # without it fails ("Failed to open local file") unless Ray's background sync made it first.
+        self.fs.create_dir(self.path(rel), recursive=True)
         pafs.copy_files(str(local_dir), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)
 

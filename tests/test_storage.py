@@ -46,6 +46,17 @@ def test_round_trip_list_exists_and_download(store, tmp_path):
         store.read_bytes("nope.json")
 
 
+def test_a_directory_of_files_uploads_where_its_destination_does_not_exist_yet(store, tmp_path):
+    """A trial's ``tensorboard/`` holds only files; Arrow does not create the copied tree's root."""
+    src = tmp_path / "scratch" / "tensorboard"
+    src.mkdir(parents=True)
+    (src / "events.out.tfevents.1").write_bytes(b"event")
+    (src / "events.out.tfevents.2").write_bytes(b"more")
+    store.upload_dir(src, "final/trial_1/tensorboard")
+    assert store.list("final/trial_1/tensorboard", recursive=True) == ["events.out.tfevents.1", "events.out.tfevents.2"]
+    assert store.read_bytes("final/trial_1/tensorboard/events.out.tfevents.1") == b"event"
+
+
 def test_local_paths_stay_local_and_writes_leave_no_temporaries(tmp_path):
     store = open_storage(tmp_path / "exp")
     assert not store.remote and store.root == str((tmp_path / "exp").resolve())

@@ -100,7 +100,7 @@ def publish(run_dir: Path, names: tuple[str, ...] = ARTIFACTS) -> None:
 
     context = get_storage()
     dest = Storage.on(context.storage_filesystem, context.trial_fs_path)
-    if Path(dest.root).resolve() == run_dir.resolve():  # a local experiment: the trial wrote in place
+    if not dest.remote and Path(dest.root).resolve() == run_dir.resolve():  # the trial wrote in place
         return
     for name in names:
         src = run_dir / name
