@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,22 @@ class Storage:
         self.fs.create_dir(self.path(rel), recursive=True)
         pafs.copy_files(str(local_dir), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)
+
+
+    def publish(self, run_dir: str | Path, names: Iterable[str]) -> None:
+        """The named files and folders of a run, from this node's scratch to this directory (those that exist).
+
+        Synchronous, so whoever reads them after the run returns finds them (Ray's ``sync_artifacts``
+        uploads in the background, on its own period)."""
+        run_dir = Path(run_dir)
+        if not self.remote and Path(self.root).resolve() == run_dir.resolve():  # the run wrote in place
+            return
+        for name in names:
+            src = run_dir / name
+            if src.is_dir():
+                self.upload_dir(src, name)
+            elif src.is_file():
+                self.write_bytes(name, src.read_bytes())
 
 
 def open_storage(location: str | Path | Storage) -> Storage:

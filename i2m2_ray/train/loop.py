@@ -26,7 +26,7 @@ from i2m2_ray.models import build_model, init_from_stage1
 from i2m2_ray.models.builder import check_buildable, model_modalities, stage1_variants
 from i2m2_ray.train.epoch import class_weights, evaluate, train_epoch
 from i2m2_ray.train.metric_logging import ConsoleLogger, MetricLogger, TensorBoardLogger
-from i2m2_ray.train.session import LocalSession, Session, read_torch_file
+from i2m2_ray.train.session import LocalSession, Session
 
 if TYPE_CHECKING:  # pyarrow and yaml stay lazy so the models and train_epoch run with torch + numpy only
     from i2m2_ray.train.config import OptimConfig, TrainConfig
@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # pyarrow and yaml stay lazy so the models and train_epoch ru
 MODEL_FILE = "model.pt"
 INIT_FILE = "init.pt"
 RESULT_FILE = "final.json"  # not result.json: Tune writes its own into a trial directory
+# What a run leaves in its directory for others to read (published to experiment storage by trials), and
+# what is there from the first report on (a trial the scheduler stops never returns to publish the rest).
+ARTIFACTS = (MODEL_FILE, RESULT_FILE, INIT_FILE, "config.yaml", "tensorboard")
+EARLY_ARTIFACTS = (INIT_FILE, "config.yaml")
 # Config sections that must match for a run directory to be resumed.
 RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode",
                "modality_dropout")
@@ -262,9 +266,7 @@ def save_checkpoint(run: Run, epoch: int, metrics: dict[str, float], improved: b
 def finish(run: Run, last_epoch: int, seconds: float) -> dict[str, Any]:
     """Evaluate the best epoch's weights on val and test; write ``final.json`` on rank 0."""
     cfg = run.cfg
-    best_path = run.run_dir / MODEL_FILE
-    if best_path.is_file():
-        run.session.load_model_state(run.model, read_torch_file(best_path, "model weights"))
+    run.session.load_best(run.model, run.run_dir / MODEL_FILE)
     result: dict[str, Any] = {"variant": cfg.variant, "best_epoch": run.best_epoch, "epochs_run": last_epoch,
                               f"val/{cfg.metric}_best": run.best, "train_seconds": seconds}
     for split in ("val", "test"):

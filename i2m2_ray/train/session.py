@@ -1,7 +1,7 @@
 """Where the training loop reports to and resumes from.
 
 The loop only talks to a ``Session``: ``LocalSession`` keeps checkpoints in the run
-directory for in-process runs; ``RayTrainSession`` (``i2m2_ray.train.distributed``) and the
+directory for in-process runs; ``RayTrainSession`` (``i2m2_ray.train.worker``) and the
 Tune session send the same reports to Ray Train or Ray Tune. That is what lets ONE loop run
 in a notebook, a Train worker or a Tune trial unchanged.
 
@@ -12,6 +12,7 @@ sessions override what they must (wrapping, rank alignment, gathering sharded st
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -25,6 +26,9 @@ from i2m2_ray.errors import CheckpointError
 from i2m2_ray.fsutil import atomic_torch_save, atomic_write_json
 
 STATE_FILE = "state.pt"
+# The best weights so far travel in every checkpoint a Tune trial or Train run reports: a run restored on
+# another node evaluates the right epoch, and the driver keeps a scheduler-stopped trial's weights.
+BEST_IN_CHECKPOINT = "best_model.pt"
 METRICS_FILE = "metrics.json"
 STATE_KEYS = ("model", "optimizer", "epoch", "best", "best_epoch", "stale", "rng", "config")
 
@@ -70,6 +74,11 @@ class Session:
         """The checkpoint to resume from, or None for a fresh start."""
         return None
 
+    def load_best(self, model: nn.Module, path: Path) -> None:
+        """The best epoch's weights (``model.pt``, written by rank 0) into the model for the final evaluation."""
+        if path.is_file():
+            self.load_model_state(model, read_torch_file(path, "model weights"))
+
 
 def short_reason(exc: BaseException) -> str:
     """The first line of an exception, bounded: torch's load errors run to many lines."""
@@ -108,6 +117,25 @@ def save_state(state: dict[str, Any], directory: Path, metrics: dict[str, float]
     if metrics is not None:
         atomic_write_json(directory / METRICS_FILE, metrics)
     return directory / STATE_FILE
+
+
+def add_best(folder: Path, best: Path) -> None:
+    """The best weights so far into a checkpoint folder (a hard link where it can: ``model.pt`` is
+    replaced by rename, never rewritten in place)."""
+    if not best.is_file():
+        return
+    try:
+        os.link(best, folder / BEST_IN_CHECKPOINT)
+    except OSError:
+        shutil.copyfile(best, folder / BEST_IN_CHECKPOINT)
+
+
+def restore_best(folder: Path, best: Path) -> None:
+    """A checkpoint's best weights to this node's scratch, which may never have seen them."""
+    src = folder / BEST_IN_CHECKPOINT
+    if src.is_file():
+        best.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, best)
 
 
 def read_state(path: Path) -> tuple[dict[str, Any] | None, str]:

@@ -79,12 +79,14 @@ def _keep_best_weights(result) -> None:
     files; its best weights travel in every checkpoint (trainable.py), which Tune uploads with each report.
     A server-side copy on object storage; stage-2 trials and the analysis read ``model.pt``.
     """
-    from i2m2_ray.tune.trainable import BEST_IN_CHECKPOINT
+    from i2m2_ray.train.session import BEST_IN_CHECKPOINT
 
     trial = Storage.on(result.filesystem, result.path)
-    if result.checkpoint is None or trial.is_file(MODEL_FILE):
+    # a multi-worker trial's checkpoints are its Train run's, in the same storage (TuneReportCallback's key)
+    path = result.checkpoint.path if result.checkpoint is not None else (result.metrics or {}).get("checkpoint_path")
+    if path is None or trial.is_file(MODEL_FILE):
         return
-    checkpoint = Storage.on(result.filesystem, result.checkpoint.path)
+    checkpoint = Storage.on(result.filesystem, path)
     if checkpoint.is_file(BEST_IN_CHECKPOINT):
         result.filesystem.copy_file(checkpoint.path(BEST_IN_CHECKPOINT), trial.path(MODEL_FILE))
 

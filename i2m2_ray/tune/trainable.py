@@ -16,8 +16,6 @@ directory, which only sees trials that ran on the driver's node, so it is not re
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,13 +23,9 @@ from typing import Any
 from i2m2_ray.config import from_dict
 from i2m2_ray.errors import I2M2Error, TrainingDiverged
 from i2m2_ray.train.config import TrainConfig
-from i2m2_ray.train.loop import INIT_FILE, MODEL_FILE, RESULT_FILE, train
-from i2m2_ray.train.session import STATE_FILE, Session, load_state_file, save_state
+from i2m2_ray.train.loop import ARTIFACTS, EARLY_ARTIFACTS, MODEL_FILE, train
+from i2m2_ray.train.session import STATE_FILE, Session, add_best, load_state_file, restore_best, save_state
 from i2m2_ray.tune.space import searched_values, with_values
-
-ARTIFACTS = (MODEL_FILE, RESULT_FILE, INIT_FILE, "config.yaml", "tensorboard")
-EARLY_ARTIFACTS = (INIT_FILE, "config.yaml")
-BEST_IN_CHECKPOINT = "best_model.pt"
 
 
 class TuneSession(Session):
@@ -47,15 +41,14 @@ class TuneSession(Session):
         self.reports += 1
         metrics = {**metrics, **where()}
         if self.reports == 1 and self.run_dir is not None:
-            publish(self.run_dir, EARLY_ARTIFACTS)  # a trial the scheduler stops never returns to publish them
+            trial_storage().publish(self.run_dir, EARLY_ARTIFACTS)  # a stopped trial never publishes at its end
         if state is None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="i2m2-ckpt-") as tmp:
             save_state(state, Path(tmp))
-            best = self.run_dir / MODEL_FILE if self.run_dir is not None else None
-            if best is not None and best.is_file():
-                _link_or_copy(best, Path(tmp) / BEST_IN_CHECKPOINT)
+            if self.run_dir is not None:
+                add_best(Path(tmp), self.run_dir / MODEL_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     def load_state(self) -> dict[str, Any] | None:
@@ -65,10 +58,8 @@ class TuneSession(Session):
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as path:
-            best = Path(path) / BEST_IN_CHECKPOINT
-            if self.run_dir is not None and best.is_file():  # this node's scratch may never have seen it
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(best, self.run_dir / MODEL_FILE)
+            if self.run_dir is not None:
+                restore_best(Path(path), self.run_dir / MODEL_FILE)
             return load_state_file(Path(path) / STATE_FILE, shown=f"{checkpoint.path}/{STATE_FILE}")
 
 
@@ -80,34 +71,15 @@ def where() -> dict[str, str]:
     return {"node_id": ray.get_runtime_context().get_node_id()}
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link where it can (``model.pt`` is replaced by rename, never rewritten in place), else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def publish(run_dir: Path, names: tuple[str, ...] = ARTIFACTS) -> None:
-    """The loop's files, from this node's scratch to the trial's directory in the experiment storage.
-
-    Synchronous and before the trial returns, so when Tune marks the trial finished the driver can
-    read them (Ray's ``SyncConfig(sync_artifacts=True)`` syncs in the background, on its own period).
-    """
+def trial_storage():
+    """This trial's directory in the experiment storage (its filesystem: local, or S3 with its options):
+    the loop's files are published there, since this node's scratch is not the driver's."""
     from ray.train._internal.session import get_storage
 
     from i2m2_ray.storage import Storage
 
     context = get_storage()
-    dest = Storage.on(context.storage_filesystem, context.trial_fs_path)
-    if not dest.remote and Path(dest.root).resolve() == run_dir.resolve():  # the trial wrote in place
-        return
-    for name in names:
-        src = run_dir / name
-        if src.is_dir():
-            dest.upload_dir(src, name)
-        elif src.is_file():
-            dest.write_bytes(name, src.read_bytes())
+    return Storage.on(context.storage_filesystem, context.trial_fs_path)
 
 
 def trial_config(config: dict[str, Any], trial_dir: str) -> TrainConfig:
@@ -169,7 +141,6 @@ def run_trial(config: dict[str, Any]) -> None:
         tune.report({f"val/{cfg.metric}_best": float("nan"), "trial_status": failure_status(error),
                      "epochs_run": session.reports, **where()})
         return
-    publish(Path(cfg.run_dir))
     if result is not None and session.reports == 0:
         # Restored after the last checkpoint was written (driver killed at the very end): the loop had
         # nothing left to run, but Tune needs the trial's final metrics once more.
@@ -183,6 +154,10 @@ def _train(cfg: TrainConfig, session: TuneSession) -> dict[str, Any] | None:
     if use_ray(cfg):
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+        # The Train run keeps its checkpoints in the trial's storage and its rank 0, on whichever node,
+        # publishes the loop's files there: this trial's node may hold none of them.
+        build_trainer(cfg, storage=trial_storage(), callbacks=[TuneReportCallback()]).fit()
         return None
-    return train(cfg, session=session, console=False)
+    result = train(cfg, session=session, console=False)
+    trial_storage().publish(cfg.run_dir, ARTIFACTS)  # before returning: the driver reads them when Tune says done
+    return result

@@ -23,9 +23,10 @@ from i2m2_ray.tune.phases import stage2_final_inits
 from i2m2_ray.tune.results import results_table
 from i2m2_ray.tune.runner import CODE_CHANGED, run_experiment
 from i2m2_ray.tune.state import FINAL, FINAL_STAGE2, ExperimentState
+from tests.tune.conftest import SMOKE_TWO_SEEDS
 from tests.tune.procs import SMOKE_EXPERIMENT
 
-SEEDS = ["final.seeds=[0,1]"]
+SEEDS = SMOKE_TWO_SEEDS
 SOURCES = {"image": "unimodal:image", "audio": "unimodal:audio", "inter": "inter:lf"}
 
 
@@ -104,10 +105,10 @@ def _i2m2_init(state: ExperimentState, seed: int) -> Path:
     return Path(state.storage.path(runs[0]["trial_dir"])) / "init.pt"
 
 
-@pytest.fixture(scope="module")
-def smoke(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("seeds") / "exp"
-    return out, run_experiment(_exp(out))
+@pytest.fixture
+def smoke(smoke_two_seeds):
+    """The session's smoke experiment (tests/tune/conftest.py): the same experiment as ``_exp`` makes."""
+    return smoke_two_seeds
 
 
 @pytest.mark.slow

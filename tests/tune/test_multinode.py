@@ -1,11 +1,13 @@
 """The service on a multi-node Ray cluster (``ray.cluster_utils.Cluster`` on this machine): trials spread over
-nodes and record where they ran, a 2-worker DDP trial spans two nodes, and a node lost mid-phase costs no
-finished trial while the interrupted one resumes on another node from its checkpoint.
+nodes and record where they ran, a 2-worker DDP trial spans two nodes, with its experiment on object storage only,
+and a node lost mid-phase costs no finished trial while the interrupted one resumes on another node from
+its checkpoint.
 
 One cluster for the module: a head with no CPUs (the drivers connect there; nothing is scheduled on it)
 and two worker nodes of 2 logical CPUs. The experiment drivers are real ``python -m i2m2_ray.tune``
-processes joining it through ``RAY_ADDRESS``. Every node shares this machine's disk, so the experiment
-directory is the storage every node sees. The node-loss test removes a node: it runs last.
+processes joining it through ``RAY_ADDRESS``. Every node shares this machine's disk, so a local experiment
+directory is storage every node sees; the 2-worker test uses a real S3 API (moto on loopback) instead.
+The node-loss test removes a node: it runs last.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from i2m2_ray.report import main as report_main
 from i2m2_ray.report import trials_table
 from i2m2_ray.tune.state import ExperimentState
+from tests.s3_server import moto_s3
 from tests.tune.procs import SMOKE_OVERRIDES, child_env, cluster_node_ip, free_port, kill_group, start_group, tail
 
 pytestmark = pytest.mark.slow
@@ -54,7 +57,15 @@ def own_address_file(temp: str):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3():
+    """Started before the cluster, so its nodes' processes (Train workers too) inherit the credentials."""
+    with moto_s3() as server:
+        server.create_bucket("multinode")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
     from ray.cluster_utils import Cluster
 
     temp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")  # short: Ray's socket paths live under it
@@ -72,14 +83,14 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def start_driver(c, out: Path, *overrides: str) -> tuple[subprocess.Popen, Path]:
-    log = out.parent / f"{out.name}.log"
+def start_driver(c, out: Path | str, *overrides: str, log: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    log = log or Path(out).parent / f"{Path(out).name}.log"
     cmd = [sys.executable, "-m", "i2m2_ray.tune", *SMALL, f"output_dir={out}", *overrides]
     return start_group(cmd, log, child_env(RAY_ADDRESS=c.address)), log
 
 
-def run_driver(c, out: Path, *overrides: str, timeout_s: float = HANG_S) -> str:
-    proc, log = start_driver(c, out, *overrides)
+def run_driver(c, out: Path | str, *overrides: str, timeout_s: float = HANG_S, log: Path | None = None) -> str:
+    proc, log = start_driver(c, out, *overrides, log=log)
     try:
         rc = proc.wait(timeout=timeout_s)
     finally:
@@ -128,21 +139,35 @@ def test_search_trials_spread_over_nodes_and_record_them(cluster, tmp_path, caps
     assert {name: line.split("|")[-2].strip() for name, line in printed.items()} == by_trial
 
 
-def test_two_worker_trial_trains_with_ddp_across_two_nodes(cluster, tmp_path):
+def test_two_worker_trial_trains_with_ddp_across_two_nodes_on_object_storage(cluster, s3, tmp_path):
+    """The experiment lives on S3 only. The Train run of a 2-worker trial keeps its checkpoints in the trial's
+    S3 directory and its rank 0 publishes the loop's files there (on a cluster without a shared disk the
+    trial's own node may hold none of them); the driver builds the table from S3."""
     c, workers = cluster
     nodes = {n.node_id for n in workers}
-    out = tmp_path / "ddp"
-    log = run_driver(c, out, "budget.trials=1", "budget.max_epochs=2", "budget.grace_period=2",
-                     "resources.workers=2", "resources.cpus_per_trial=1", "train.placement_strategy=SPREAD")
-    state = ExperimentState(out)
-    for run in state.phase(SEARCH)["trials"] + state.phase("final")["runs"]:
+    uri = s3.uri("multinode", "ddp")
+    log = run_driver(c, uri, "budget.trials=1", "budget.max_epochs=2", "budget.grace_period=2",
+                     "resources.workers=2", "resources.cpus_per_trial=1", "train.placement_strategy=SPREAD",
+                     log=tmp_path / "ddp.log")
+    state = ExperimentState(uri)
+    keys = set(s3.keys("multinode", "ddp/"))
+    runs = state.phase(SEARCH)["trials"] + state.phase("final")["runs"]
+    assert len(runs) == 2
+    for run in runs:
         assert run["status"] == "ok" and run["epochs"] == 2, run
         # rank 0 gathered every rank's node over the gloo process group: one rank on each node
         assert len(run["nodes"]) == 2 and set(run["nodes"]) == nodes, run
         assert run["node_id"] == run["nodes"][0]
-        saved = (out / run["trial_dir"] / "config.yaml").read_text()
+        trial = f"ddp/{run['trial_dir']}"
+        saved = s3.get("multinode", f"{trial}/config.yaml").decode()
         assert "workers: 2" in saved and "strategy: ddp" in saved and "placement_strategy: SPREAD" in saved
-        assert run["final"]["epochs_run"] == 2
+        assert f"{trial}/model.pt" in keys
+        # the Train run's last checkpoint, with the best weights so far, in S3 (a restart anywhere finds it)
+        assert {f"{trial}/checkpoints/epoch_002/state.pt", f"{trial}/checkpoints/epoch_002/best_model.pt"} <= keys
+    final = state.phase("final")["runs"][0]
+    assert final["final"]["epochs_run"] == 2
+    assert json.loads(s3.get("multinode", f"ddp/{final['trial_dir']}/final.json")) == final["final"]
+    assert not Path(uri.split("?")[0].replace("s3://", "")).exists()  # nothing written to a local "s3:" path
     short = sorted(n[:8] for n in nodes)
     assert f"node {','.join(short)}" in log  # the trial line names both nodes
 
