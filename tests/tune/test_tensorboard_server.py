@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 
 from tests.tune.procs import (
-    SMOKE_OVERRIDES,
     SMOKE_VARIANTS,
     VENV_BIN,
     child_env,
@@ -26,33 +24,20 @@ from tests.tune.procs import (
     http_answers,
     kill_group,
     start_group,
-    tail,
     wait_until,
 )
 
 pytestmark = pytest.mark.slow
 
-EXPERIMENT_TIMEOUT_S = 600  # ~2.5 min on an idle 2-core machine; generous for a shared, loaded one
 SERVER_START_S = 60
 METRIC_TAG = "ray/tune/val/accuracy_best"
 STATUSES = ["STATUS_FAILURE", "STATUS_RUNNING", "STATUS_SUCCESS", "STATUS_UNKNOWN"]
 
 
 @pytest.fixture(scope="module")
-def experiment_dir(tmp_path_factory) -> Path:
-    """The smoke experiment, run as a user would (CLI in a subprocess, its own local 2-CPU Ray cluster)."""
-    root = tmp_path_factory.mktemp("tb-experiment")
-    out_dir, log = root / "experiment", root / "tune.log"
-    proc = start_group([str(VENV_BIN / "python"), "-m", "i2m2_ray.tune", *SMOKE_OVERRIDES, f"output_dir={out_dir}",
-                        "--num-cpus", "2"], log, child_env())
-    try:
-        proc.wait(timeout=EXPERIMENT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"smoke experiment not finished within {EXPERIMENT_TIMEOUT_S} s\n{tail(log)}")
-    finally:
-        kill_group(proc, grace_s=5)
-    assert proc.returncode == 0, tail(log)
-    return out_dir
+def experiment_dir(smoke_two_seeds) -> Path:
+    """The session's finished smoke experiment (tests/tune/conftest.py): real Tune trials and their files."""
+    return smoke_two_seeds[0]
 
 
 def trial_params(exp_dir: Path) -> dict[str, dict[str, Any]]:
@@ -110,7 +95,7 @@ def session_groups(url: str, hparams: list[str]) -> dict[str, dict[str, Any]]:
 def test_every_trial_has_scalars(experiment_dir: Path, tensorboard: str) -> None:
     """Tune's per-trial scalars and the loop's per-epoch curves are served for every trial."""
     params = trial_params(experiment_dir)
-    assert len(params) == 3 * len(SMOKE_VARIANTS)  # 2 search trials + 1 final run per variant
+    assert len(params) == 4 * len(SMOKE_VARIANTS)  # 2 search trials + 2 final seeds per variant
     tags = get(tensorboard, "/data/plugin/scalars/tags")
     for run in params:
         assert METRIC_TAG in tags.get(run, {}), f"{run}: {sorted(tags.get(run, {}))[:10]}"
