@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.tune.procs import REPO, SMOKE_VARIANTS, child_env, tail
+from tests.tune.procs import REPO, child_env, tail
 
 pytestmark = pytest.mark.slow
 FIRST_REPORT_S = 400  # generous: the 2 CPUs may be shared by other work
@@ -26,17 +26,21 @@ RUN_S = 600
 # Three epochs a trial, so the signal sent after a trial's first report lands while its phase runs
 # (with the smoke experiment's one epoch both trials can end, and the phase with them, right then).
 EPOCHS = ["budget.max_epochs=3", "budget.grace_period=3"]
+# Stage 1 only (two variants side by side, then their finals): stopping and resuming a stage is what is
+# tested here; stage 2 resumes the same way (tests/tune/test_storage_s3.py stops the experiment there).
+VARIANTS = ["unimodal:image", "unimodal:audio"]
 STOPPED = re.compile(r"interrupted: (\S+) was stopped before all its trials finished; re-run the same command "
                      r"to resume$")
 
 
 def start_smoke(out: Path, logs: Path) -> subprocess.Popen:
-    """`python -m i2m2_ray.tune --smoke` (3 epochs a trial), output to files (a full pipe would block the driver)."""
+    """`python -m i2m2_ray.tune --smoke` (3 epochs a trial, stage 1), output to files (a full pipe would block
+    the driver)."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "w") as so, open(logs / "stderr", "w") as se:
-        return subprocess.Popen([sys.executable, "-m", "i2m2_ray.tune", "--smoke", f"output_dir={out}",
-                                 "--num-cpus", "2", *EPOCHS], stdout=so, stderr=se, cwd=REPO, env=child_env(),
-                                start_new_session=True)
+        return subprocess.Popen([sys.executable, "-m", "i2m2_ray.tune", "--smoke", f"output_dir={out}", "--num-cpus",
+                                 "2", *EPOCHS, f"variants=[{','.join(VARIANTS)}]"], stdout=so, stderr=se, cwd=REPO,
+                                env=child_env(), start_new_session=True)
 
 
 def wait(proc: subprocess.Popen, logs: Path, timeout_s: float) -> int:
@@ -94,10 +98,10 @@ def test_sigterm_stops_gracefully_and_a_rerun_resumes(tmp_path):
     after = checkpoint_files(out)
     assert {p: after.get(p) for p in kept} == kept  # finished trials: kept, never retrained
     started = [p for search in out.glob("search-*") for p in search.glob("trial_*/params.json")]
-    assert len(started) == 2 * len(SMOKE_VARIANTS), started  # 2 per variant (stages run side by side): none twice
+    assert len(started) == 2 * len(VARIANTS), started  # 2 per variant (stages run side by side): none twice
     table = pl.read_csv(out / "results.csv")
-    assert sorted(table["variant"].to_list()) == sorted(SMOKE_VARIANTS)
-    assert table["status"].to_list() == ["done"] * len(SMOKE_VARIANTS)
+    assert sorted(table["variant"].to_list()) == sorted(VARIANTS)
+    assert table["status"].to_list() == ["done"] * len(VARIANTS)
 
 
 def test_ctrl_c_is_one_line_and_keeps_the_experiment_state(tmp_path):
