@@ -6,6 +6,7 @@ with fusion in ``lf`` (late), ``lrtf`` (low-rank tensor), ``early`` (stacked cha
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -225,9 +226,9 @@ def check_buildable(manifest: Manifest, variant: str, cfg: ModelConfig) -> None:
         if params > MAX_PARAMETERS:
             raise ConfigError(f"variant '{variant}': {params:,} parameters, more than {MAX_PARAMETERS:,}; "
                               "lower model.hidden, lrtf_rank, lrtf_out or the channels")
-        device = "cpu" if params <= CPU_CHECK_PARAMETERS else "meta"
         # fork_rng: the caller's seeded draws stay as they were
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), torch.device(device):
+        on_meta = torch.device("meta") if params > CPU_CHECK_PARAMETERS else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), on_meta:
             model = build_model(manifest, v, cfg)
             model.eval()  # SpecAugment masks (training only) need real values
             batch = {m: torch.zeros(2, *manifest.modalities[m].model_shape()) for m in model.modalities}
