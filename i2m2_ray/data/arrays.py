@@ -133,14 +133,22 @@ def _decode_batch(table: pa.Table, manifest: Manifest, modalities: list[str], ou
 
 
 def read_splits(root: str | Path, manifest: Manifest, modalities: list[str],
-                splits: tuple[str, ...]) -> dict[str, SplitArrays]:
-    """This process's own copy of ``splits`` (validated, ids checked across every split once)."""
-    validate_dataset(root, deep=False, splits=list(splits))
+                splits: tuple[str, ...], later: tuple[str, ...] = ()) -> dict[str, SplitArrays]:
+    """This process's own copy of ``splits`` (validated, ids checked across every split once); the
+    ``later`` splits are validated too (footers) so a run fails before training, not after it."""
+    validate_dataset(root, deep=False, splits=[*splits, *later])
     arrays = {s: read_split(root, s, manifest, modalities) for s in splits}
     check_split_ids(root, manifest, arrays)
     for a in arrays.values():
         a.ids = None  # checked; not kept alive for the run
+    release_arrow_memory()
     return arrays
+
+
+def release_arrow_memory() -> None:
+    """Hand the decode's freed Arrow buffers back to the OS: pyarrow's mimalloc pool otherwise keeps
+    them mapped (measured: 0.12 GB of RSS after reading the 11k/1k/2k AV-MNIST rebuild)."""
+    pa.default_memory_pool().release_unused()
 
 
 def check_split_ids(root: str | Path, manifest: Manifest, loaded: dict[str, SplitArrays]) -> None:

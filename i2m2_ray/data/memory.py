@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from i2m2_ray.data.arrays import SplitArrays, check_split_ids, labels_to_numpy, read_split, read_splits
+from i2m2_ray.data.arrays import (
+    SplitArrays,
+    check_split_ids,
+    labels_to_numpy,
+    read_split,
+    read_splits,
+    release_arrow_memory,
+)
 from i2m2_ray.data.format import Manifest
 from i2m2_ray.data.validate import validate_dataset
 from i2m2_ray.errors import DataError
@@ -94,21 +101,31 @@ class InMemoryData:
 
     Inside a Ray worker (a Tune trial, a Train worker) the splits are the node's one shared copy
     (``i2m2_ray.data.shared``), mapped read-only from the object store; elsewhere, or with
-    ``I2M2_SHARE_DATA=0``, this process reads its own.
+    ``I2M2_SHARE_DATA=0``, this process reads its own. Its own copy holds only what the loop needs
+    at the time: the ``later`` splits (the test split) are validated and id-checked up front but read
+    on first use, after training, when ``drop("train")`` has freed the largest split (measured on an
+    11k/1k/2k AV-MNIST rebuild: 0.59 GB train + 0.05 GB val while training instead of 0.75 GB).
     """
 
     def __init__(self, root: Path, manifest: Manifest, modalities: list[str],
-                 splits: tuple[str, ...] = ("train", "val", "test"), share: bool | None = None) -> None:
+                 splits: tuple[str, ...] = ("train", "val", "test"), share: bool | None = None,
+                 later: tuple[str, ...] = ("test",)) -> None:
         from i2m2_ray.data import shared
 
-        self.manifest = manifest
+        self.root, self.manifest, self.modalities = Path(root), manifest, modalities
         wanted = tuple(s for s in splits if s in manifest.splits)
         for split in ("train", "val"):
             if split in splits and split not in wanted:
                 raise DataError(f"{root}: dataset has no {split!r} split")
         use_shared = shared.enabled() if share is None else share
         self.lease = shared.lease(root, manifest, modalities, wanted) if use_shared else None
-        arrays = self.lease.arrays if self.lease is not None else read_splits(root, manifest, modalities, wanted)
+        self.pending: tuple[str, ...] = ()
+        if self.lease is not None:
+            arrays = self.lease.arrays
+        else:
+            self.pending = tuple(s for s in wanted if s in later)
+            now = tuple(s for s in wanted if s not in self.pending)
+            arrays = read_splits(root, manifest, modalities, now, later=self.pending)
         self.splits = {s: TensorSplit.from_arrays(a) for s, a in arrays.items()}
 
     def train_labels(self) -> torch.Tensor:
@@ -119,7 +136,16 @@ class InMemoryData:
                                rank=rank, world_size=world_size)
 
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        if split in self.pending:  # read now (checked up front: only the decode is left)
+            arrays = read_split(self.root, split, self.manifest, self.modalities)
+            release_arrow_memory()
+            self.splits[split] = TensorSplit.from_arrays(arrays)
+            self.pending = tuple(s for s in self.pending if s != split)
         return iterate_batches(self.splits[split], batch_size, shuffle=False)
 
     def has(self, split: str) -> bool:
-        return split in self.splits
+        return split in self.splits or split in self.pending
+
+    def drop(self, split: str) -> None:
+        """Free a split this run is done with (the loop drops ``train`` before the test evaluation)."""
+        self.splits.pop(split, None)

@@ -16,6 +16,10 @@ from i2m2_ray.models.poe import modality_dropout_keep
 from i2m2_ray.train.metrics import classification_metrics
 from i2m2_ray.train.session import unwrap
 
+# On the CPU an evaluation batch goes through the model this many rows at a time: the conv activations
+# of 256 AV-MNIST spectrograms are a 0.26 GB transient (0.07 GB at 64), for no speed-up on a CPU.
+CPU_EVAL_CHUNK = 64
+
 
 def class_weights(labels: torch.Tensor, manifest: Manifest) -> torch.Tensor:
     """Inverse-frequency weights: (C,) for multiclass, (L, 2) for multi-label heads."""
@@ -81,13 +85,16 @@ def predict(model: nn.Module, batches, device: torch.device, leave_out: frozense
     model.eval()
     combined, experts, labels_all = [], {}, []
     use_bf16 = device.type == "cuda"
+    chunk = CPU_EVAL_CHUNK if device.type == "cpu" else None
     for inputs, labels in batches:
         inputs, labels = to_device(inputs, labels, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = unwrap(model)(inputs, leave_out=leave_out, missing=missing)
-        combined.append(out.log_probs.float().cpu())
-        for name, logits in out.expert_logits.items():
-            experts.setdefault(name, []).append(F.log_softmax(logits.float(), dim=-1).cpu())
+        for start in range(0, len(labels), chunk or max(len(labels), 1)):
+            part = {k: v[start : start + chunk] if chunk else v for k, v in inputs.items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = unwrap(model)(part, leave_out=leave_out, missing=missing)
+            combined.append(out.log_probs.float().cpu())
+            for name, logits in out.expert_logits.items():
+                experts.setdefault(name, []).append(F.log_softmax(logits.float(), dim=-1).cpu())
         labels_all.append(labels.cpu())
     return (torch.cat(combined).numpy(), {k: torch.cat(v).numpy() for k, v in experts.items()},
             torch.cat(labels_all).numpy())
