@@ -96,6 +96,24 @@ def phase_rows(out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def ceiling_check(results: list[dict[str, Any]]) -> str:
+    """Issue 12's target for the default job: the best I2M2 row within 4 points of the Bayes accuracy
+    and no more than 1 point below any baseline (test accuracy means); a line saying whether it holds."""
+    means = {r["variant"]: r.get("test_accuracy_mean") for r in results if r.get("test_accuracy_mean") is not None}
+    bayes = next((r.get("bayes_accuracy") for r in results if r.get("bayes_accuracy") is not None), None)
+    i2m2 = {v: m for v, m in means.items() if v.startswith("i2m2")}
+    baselines = {v: m for v, m in means.items() if not v.startswith("i2m2")}
+    if bayes is None or not i2m2 or not baselines:
+        return "Ceiling check: not applicable (no Bayes accuracy, I2M2 row or baseline row)."
+    best, best_mean = max(i2m2.items(), key=lambda kv: kv[1])
+    top, top_mean = max(baselines.items(), key=lambda kv: kv[1])
+    to_bayes, to_top = 100 * (best_mean - bayes), 100 * (best_mean - top_mean)
+    ok = to_bayes >= -4.0 and to_top >= -1.0
+    return (f"Ceiling check ({'met' if ok else 'NOT met'}): best I2M2 {best} {100 * best_mean:.2f} %, "
+            f"{to_bayes:+.2f} pts to Bayes {100 * bayes:.2f} % (target >= -4), {to_top:+.2f} pts to the best "
+            f"baseline {top} {100 * top_mean:.2f} % (target >= -1).")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the shipped smoke experiment: checks the script")
@@ -130,6 +148,8 @@ def main() -> int:
                       "val_best": "-"},
             {"phase": "END TO END (subprocess)", "wall_s": round(wall, 1), "trials": "", "epochs": "", "val_best": "-"}]
     verdict = "within" if wall <= TARGET_S else "OVER"
+    ceiling = ceiling_check(results)
+    print(ceiling, flush=True)
     env = environment(command="python -m bench.tune_default " + " ".join(sys.argv[1:]),
                       experiment=f"search_spaces/{experiment}.yaml",
                       num_cpus=args.num_cpus, exit_code=rc, wall_s=round(wall, 1),
@@ -142,7 +162,7 @@ def main() -> int:
              f"{load_before[0]:.2f} before, {during['mean']} on average (max {during['max']}) during and "
              f"{load_after[0]:.2f} after the run, on {os.cpu_count()} CPUs; a load above the CPU count means the "
              f"trials got less than their CPU and the wall time is inflated by roughly load / CPUs.\n\n"
-             f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n")
+             f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n\n{ceiling}\n")
     save(name, "Default search service run, end to end (python -m i2m2_ray.tune)", env, rows, notes=notes,
          columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out,
          payload={"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})

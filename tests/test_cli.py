@@ -89,7 +89,7 @@ def test_bare_name_is_a_shipped_experiment():
     line = one_line(run("-m", "i2m2_ray.tune", "smoke", "budget.grace_period=2"), 2)
     assert "max_epochs=1" in line
     line = one_line(run("-m", "i2m2_ray.tune", "default", "budget.grace_period=20"), 2)
-    assert "max_epochs=8" in line
+    assert "max_epochs=6" in line
 
 
 def test_unknown_shipped_name_lists_the_shipped_ones():

@@ -43,7 +43,7 @@ def tune_cli(*args: str) -> subprocess.CompletedProcess:
     (["variants=[unimodal:image,inter:early]"], "variant 'inter:early': "),
     (["train.optim.lrr=1"], "unknown config key 'optim.lrr'"),
     (["train.epochs=3"], "train.epochs: set by the experiment"),
-    (["budget.grace_period=20"], "budget.grace_period: must be in [1, max_epochs=8]"),
+    (["budget.grace_period=20"], "budget.grace_period: must be in [1, max_epochs=6]"),
     (["final.seeds=[1,1]"], "final.seeds: need at least one seed, all distinct"),
     (["search_overrides.intra:lf.lr=[0.1,1]"], "search_overrides.intra:lf: not one of the experiment's variants"),
 ])

@@ -37,7 +37,7 @@ def test_storage_values_are_checked_before_ray_starts(tmp_path, monkeypatch):
     assert exp.search_storage == str(tmp_path / "studies.log")  # the caller's directory, made absolute
     assert exp.search == load_experiment(SMOKE_EXPERIMENT).search  # the space is untouched
     assert load_experiment(None, ["search.storage=studies.log"]).search == {
-        "optim.lr": {"loguniform": [0.003, 0.1]}, "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}
+        "optim.lr": {"loguniform": [0.005, 0.15]}, "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}}
     assert set(DEFAULT_SPACE) == set(exp.search)
 
 

@@ -87,7 +87,8 @@ def test_diverging_trials_end_while_the_search_goes_on(ray_local, tmp_path, caps
     """A huge learning rate without clipping: those trials end 'diverged' with a NaN metric, once each
     (not retried), the others finish and the best comes from them."""
     exp = load_experiment(None, [f"output_dir={tmp_path}", "variants=[unimodal:image]", "budget.trials=4", *SMALL,
-                                 "train.optim.grad_clip=null", "search.optim.lr={choice: [0.01, 1.0e+8]}"])
+                                 "train.optim.grad_clip=null", "search.optim.lr={choice: [0.01, 1.0e+8]}",
+                                 "train.optim.batch_size=40"])  # 5 steps an epoch: enough to reach NaN
     phase = search_variant(exp, "unimodal:image", {}, ExperimentState(tmp_path), resume=True)
     trials = phase["trials"]
     statuses = sorted({t["status"] for t in trials})

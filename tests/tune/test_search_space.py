@@ -129,7 +129,7 @@ def test_trial_config_applies_every_searched_path(tmp_path):
     cfg = trial_config({"base": space["base"], **values}, str(tmp_path))
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.model.hidden, cfg.optim.momentum) == (0.02, 1e-4, 17, 0.25)
     assert cfg.model.encoders["image"].hidden == 48 and cfg.run_dir == str(tmp_path)
-    assert cfg.optim.batch_size == 40 and cfg.optim.name == "sgd"  # the rest from the experiment
+    assert cfg.optim.batch_size == 100 and cfg.optim.name == "sgd"  # the rest from the experiment
     final = trial_config({"run": {"variant": "inter:lf", "base": space["base"], **values, "seed": 7}}, str(tmp_path))
     assert final.seed == 7 and final.model.hidden == 17 and final.optim.momentum == 0.25
     assert trial_hparams({"run": {"variant": "inter:lf", "base": space["base"], **values, "seed": 7}}) == {
