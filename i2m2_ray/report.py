@@ -103,7 +103,11 @@ def _print_analysis(exp_dir: str, metric: str, also: list[str]) -> None:
         missing_modality_table,
         verdict_line,
     )
+    from i2m2_ray.tune.comparison import comparison_table
 
+    _print_frame("I2M2 minus each baseline on the same test rows (accuracy points: A - B; paired bootstrap "
+                 "interval over rows, each row averaged over the seeds' models, Bonferroni-corrected over the pairs; "
+                 "per_seed: the difference of each seed's runs; verdict from the interval)", comparison_table(exp_dir))
     _print_frame("dependency diagnosis (test split; entropies in nats; ratio = predictive / label entropy; "
                  "ECE; log_likelihood = mean log q(y|x))", dependency_table(exp_dir))
     verdict = dependency_verdict(exp_dir)

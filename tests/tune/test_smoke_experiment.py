@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_report_reprints_table_and_analyses(smoke):
     assert "| i2m2:lf | 2 |" in proc.stdout
     assert "dependency diagnosis" in proc.stdout and "unimodal:audio" in proc.stdout
     assert "missing modality" in proc.stdout and "inter" in proc.stdout
+    assert "I2M2 minus each baseline" in proc.stdout
+    assert re.search(r"\| i2m2:lf +\| inter:lf +\| 2 +\| 60 +\|", proc.stdout), proc.stdout
 
 
 def test_rerun_on_a_finished_experiment_runs_nothing(smoke, capsys):
