@@ -8,7 +8,12 @@ Everything runs through the commands a user types, so the numbers are the servic
 3. ``python -m i2m2_ray.tune search_spaces/avmnist.yaml`` with all seven variants (lr and weight decay
    searched per variant, final runs over 3 seeds on the test split);
 4. the same budget for I2M2 LF with ``stage2.from_scratch=true`` (the ablation);
-5. the analyses of ``python -m i2m2_ray.report`` on the main experiment's final models.
+5. I2M2 LF and LRTF again with ``train.modality_dropout=0.3`` (searched and trained per seed as in 3): stage 1
+   is the main experiment's, copied (dropout has no effect on unimodal and inter models, so re-running it
+   would only reproduce it);
+6. the analyses of ``python -m i2m2_ray.report`` on the final models, and paired comparisons (paired
+   bootstrap over test rows, per-seed differences; ``i2m2_ray/tune/comparison.py``) for every claim the
+   README makes from these tables.
 Experiments are resumable: a re-run reuses finished phases (delete --work to start over).
 
 Sizes: ``--size cpu`` (default; about 50 min on 2 CPU cores) trains on 3,000 rows, validates on 1,000
@@ -47,6 +52,9 @@ SIZES: dict[str, dict[str, Any]] = {
               "seeds": [0]},
 }
 HOP = 164  # 18,262-sample clips -> 112 frames, the paper's spectrogram width
+DROPOUT = 0.3  # train.modality_dropout of the missing-modality experiment
+DROPOUT_VARIANTS = ["i2m2:lf", "i2m2:lrtf"]
+STAGE1 = [v for v in VARIANTS if not v.startswith(("intra", "i2m2"))]
 
 
 def run(cmd: list[str], log: Path | None = None) -> None:
@@ -99,6 +107,39 @@ def front_end_check(data_dir: Path, work: Path, epochs: int) -> list[dict[str, A
         rows.append({"audio input": label, "epochs": epochs, "val accuracy %": 100 * final["val/accuracy_best"],
                      "test accuracy %": 100 * final["test/accuracy"]})
     return rows
+
+
+def copy_stage1(main_dir: Path, dest: Path) -> None:
+    """``dest`` starts as the main experiment after stage 1 and its final runs: those ledger entries and the
+    Tune directories their trials live in, nothing of stage 2 (which ``dest`` then runs with its own config)."""
+    import shutil
+
+    from i2m2_ray.tune.state import FINAL, STATE
+
+    if (dest / STATE).is_file():
+        return
+    phases = json.loads((main_dir / STATE).read_text())["phases"]
+    keep = {name: p for name, p in phases.items()
+            if name == FINAL or (name.startswith("search-") and p.get("variant") in STAGE1)}
+    dirs = {Path(row["trial_dir"]).parts[0] for p in keep.values()
+            for row in [p.get("best") or {}, *p.get("trials", []), *p.get("runs", [])] if row.get("trial_dir")}
+    dest.mkdir(parents=True)
+    for name in sorted(dirs):
+        shutil.copytree(main_dir / name, dest / name, symlinks=True)
+    (dest / STATE).write_text(json.dumps({"phases": keep}, indent=1))
+
+
+def dropout_pairs() -> list[tuple[str, str]]:
+    """What modality dropout buys with a modality missing, what it costs with both present, and each model
+    without a modality against the unimodal model of the remaining one (what one would deploy otherwise)."""
+    pairs = []
+    for v in DROPOUT_VARIANTS:
+        for missing, other in (("image", "waveform"), ("waveform", "image")):
+            pairs += [(f"{v}@dropout without {missing}", f"{v} without {missing}"),
+                      (f"{v}@dropout without {missing}", f"unimodal:{other}"),
+                      (f"{v} without {missing}", f"unimodal:{other}")]
+        pairs.append((f"{v}@dropout", v))
+    return pairs
 
 
 def per_seed(exp_dir: Path) -> dict[str, list[float]]:
@@ -164,6 +205,7 @@ def main() -> int:
     tag = f"k{args.pca_components}-{args.size}"
     data_dir = work / "data" / f"avmnist-{tag}"
     main_dir, scratch_dir = work / f"avmnist-{tag}", work / f"avmnist-{tag}-scratch"
+    dropout_dir = work / f"avmnist-{tag}-dropout"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -174,6 +216,9 @@ def main() -> int:
     run([*tune, "variants=[" + ",".join(VARIANTS) + "]", f"output_dir={main_dir}"], log=work / f"{main_dir.name}.log")
     run([*tune, "name=avmnist-scratch", "variants=[i2m2:lf]", "stage2.from_scratch=true",
          f"output_dir={scratch_dir}"], log=work / f"{scratch_dir.name}.log")
+    copy_stage1(main_dir, dropout_dir)
+    run([*tune, "name=avmnist-dropout", "variants=[" + ",".join(STAGE1 + DROPOUT_VARIANTS) + "]",
+         f"train.modality_dropout={DROPOUT}", f"output_dir={dropout_dir}"], log=work / f"{dropout_dir.name}.log")
 
     from i2m2_ray.tune.analysis import (
         dependency_table,
@@ -181,12 +226,18 @@ def main() -> int:
         expert_ablation_table,
         missing_modality_table,
     )
+    from i2m2_ray.tune.comparison import comparison_table
 
     table = comparison_rows(main_dir)
     ablation = [r for r in comparison_rows(main_dir, "stage-1 models") if r["variant"] == "i2m2:lf"]
     ablation += comparison_rows(scratch_dir, "from scratch")
+    paired = frame_rows(comparison_table(main_dir))
+    paired_ablation = frame_rows(comparison_table(main_dir, [("i2m2:lf", "i2m2:lf@scratch")],
+                                                  others={"scratch": scratch_dir}))
     pct = {"accuracy_mean": 100, "accuracy_std": 100}
-    missing = frame_rows(missing_modality_table(main_dir, "accuracy"), {**pct, "unimodal_accuracy_mean": 100})
+    missing = frame_rows(missing_modality_table([main_dir, dropout_dir], "accuracy"),
+                         {**pct, "unimodal_accuracy_mean": 100})
+    paired_missing = frame_rows(comparison_table(main_dir, dropout_pairs(), others={"dropout": dropout_dir}))
     ablated = frame_rows(expert_ablation_table(main_dir, "accuracy"), pct)
     entropy = frame_rows(dependency_table(main_dir))
     verdict = frame_rows(dependency_verdict(main_dir))
@@ -200,9 +251,17 @@ def main() -> int:
                       seeds=size["seeds"], wall_s=round(time.time() - t0))
     sections = [
         ("1. AV-MNIST comparison (test accuracy, searched lr / wd, final runs over seeds)", table),
+        ("1b. I2M2 minus each baseline on the same test rows (accuracy points; paired bootstrap interval over "
+         "rows, each row averaged over the 3 seeds' models, Bonferroni-corrected over the pairs; per_seed: each "
+         "seed's difference)", paired),
         ("2. Pretraining ablation: I2M2 LF initialised from stage-1 models vs from scratch, same budget", ablation),
-        ("3. Missing modality: intra / I2M2 without one modality at test time (the product of the experts that "
-         "do not read it) beside the unimodal model of the remaining modality (accuracy %)", missing),
+        ("2b. Initialised minus from scratch, paired as in 1b", paired_ablation),
+        (f"3. Missing modality: intra / I2M2 without one modality at test time (the product of the experts that "
+         f"do not read it) beside the unimodal model of the remaining modality; modality_dropout {DROPOUT}: "
+         f"I2M2 trained with train.modality_dropout={DROPOUT} (accuracy %)", missing),
+        ("3a. Missing modality, paired as in 1b: what modality dropout buys, what it costs with both "
+         "modalities, and each model without a modality against the unimodal model of the other "
+         "(@dropout: trained with modality dropout)", paired_missing),
         ("3b. Expert ablation: I2M2 with one expert left out at test time (accuracy %)", ablated),
         ("4. Dependency diagnosis: mean predictive entropy vs label entropy H(y) on test (nats), ECE, "
          "accuracy, log-likelihood", entropy),

@@ -37,12 +37,19 @@ def test_dependency_regimes_smoke(tmp_path):
 def test_avmnist_table_smoke(tmp_path):
     bench("avmnist_table", "--size", "smoke", "--out", str(tmp_path))
     sections = json.loads((tmp_path / "avmnist_k8-smoke.json").read_text())["sections"]
-    table, ablation, missing, ablated, entropy, verdict, front = sections.values()
+    table, paired, ablation, paired_ablation, missing, paired_missing, ablated, entropy, verdict, front = (
+        sections.values())
     assert [r["variant"] for r in table] == ["unimodal:image", "unimodal:waveform", "inter:lf", "inter:lrtf",
                                              "intra", "i2m2:lf", "i2m2:lrtf"]
     assert [(r["variant"], r["init"]) for r in ablation] == [("i2m2:lf", "stage-1 models"), ("i2m2:lf", "from scratch")]
-    assert {(r["model"], r["missing"]) for r in missing} == {
-        (m, gone) for m in ("intra", "i2m2:lf", "i2m2:lrtf") for gone in ("(none)", "image", "waveform")}
+    assert [(r["A"], r["B"]) for r in paired] == [
+        (a, b) for a in ("i2m2:lf", "i2m2:lrtf") for b in [r["variant"] for r in table[:5]]]
+    assert [(r["A"], r["B"]) for r in paired_ablation] == [("i2m2:lf", "i2m2:lf@scratch")]
+    assert {(r["model"], r["modality_dropout"], r["missing"]) for r in missing} == {
+        (m, p, gone) for m, p in [("intra", 0), ("i2m2:lf", 0), ("i2m2:lrtf", 0), ("i2m2:lf", 0.3), ("i2m2:lrtf", 0.3)]
+        for gone in ("(none)", "image", "waveform")}
+    assert len(paired_missing) == 14 and {r["verdict"] for r in paired + paired_missing} <= {
+        "A better", "B better", "not significant"}
     assert {r["left_out"] for r in ablated} == {"(none)", "image", "waveform", "inter"}
     assert {r["model"] for r in entropy} == {r["variant"] for r in table}
     assert [(r["joint"], r["baseline"]) for r in verdict] == [("inter:lf", "intra"), ("inter:lrtf", "intra")]
