@@ -5,7 +5,9 @@ Per cell and seed it follows the method's order with the project's training loop
 unimodal image, unimodal audio and inter LF first, then intra and I2M2 LF initialised from them.
 One fixed configuration for every cell (SGD lr 0.02, momentum 0.9, batch 40, 10 epochs, the
 val-best epoch kept), so the cells differ only by the data; the searched comparison is the AV-MNIST
-table. Two processes share the CPUs (one torch thread each).
+table. Two processes share the CPUs (one torch thread each). "I2M2 - best baseline" comes with a paired
+bootstrap interval over the test rows (each row's correctness averaged over the seeds' models;
+Bonferroni-corrected over the cells), and a verdict: better, worse or "not significant".
 Usage: python -m bench.dependency_regimes [--intra 0 0.4 0.8] [--inter 0 0.5 1] [--seeds 0 1] [--smoke]
 """
 
@@ -19,6 +21,8 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.common import RESULTS, environment, save
 
@@ -37,7 +41,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     base = [f"dataset.path={job['data']}", "tensorboard=false", f"epochs={job['epochs']}", "patience=null",
             "optim.lr=0.02", "optim.momentum=0.9", "optim.batch_size=40", f"seed={job['seed']}", "threads=1",
             "keep_checkpoints=1"]
-    acc, models = {}, {}
+    acc, models, correct = {}, {}, {}
     for variant in (*STAGE1, "intra", "i2m2:lf"):
         run_dir = work / variant.replace(":", "_")
         init = {"intra": {"image": models.get("unimodal:image"), "audio": models.get("unimodal:audio")},
@@ -47,7 +51,20 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
                                 extra={"init": {k: str(v) for k, v in init.items()}})
         acc[variant] = train(cfg, console=False)["test/accuracy"]
         models[variant] = run_dir / "model.pt"
-    return {**job, "acc": acc}
+        if variant in REPORTED:
+            correct[variant] = test_correct(run_dir)
+    return {**job, "acc": acc, "correct": correct}
+
+
+def test_correct(run_dir: Path) -> list[float]:
+    """Per test row: 1 if the run's model classifies it correctly, else 0 (for the paired interval)."""
+    from i2m2_ray.train.epoch import predict
+    from i2m2_ray.tune.analysis import CPU, _load_run
+    from i2m2_ray.tune.diagnosis import row_scores
+
+    cfg, model, data = _load_run(run_dir)
+    log_probs, _, labels = predict(model, data.eval_batches("test", cfg.eval_batch_size), CPU)
+    return row_scores(log_probs, labels)[0].tolist()
 
 
 def main() -> int:
@@ -83,22 +100,31 @@ def main() -> int:
                 done.append(result)
                 print(f"  cell intra {result['intra']} inter {result['inter']} seed {result['seed']}: "
                       + ", ".join(f"{v} {a:.3f}" for v, a in result["acc"].items()), flush=True)
+    from i2m2_ray.tune.diagnosis import paired_bootstrap
+
+    level = 1 - 0.05 / (len(args.intra) * len(args.inter))  # 95 % over all cells together (Bonferroni)
     rows = []
     for intra in args.intra:
         for inter in args.inter:
-            cell = [d["acc"] for d in done if d["intra"] == intra and d["inter"] == inter]
+            runs = [d for d in done if d["intra"] == intra and d["inter"] == inter]
+            cell = [d["acc"] for d in runs]
             row: dict[str, Any] = {"intra_strength": intra, "inter_strength": inter,
                                    "bayes %": round(100 * bayes_accuracy(4, intra, inter), 1)}
             for v in ("unimodal:image", "unimodal:audio", *REPORTED):
                 vals = [100 * c[v] for c in cell]
                 spread = f" ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else ""
                 row[f"{v} %"] = f"{statistics.mean(vals):.1f}{spread}"
-            best_baseline = max(statistics.mean(c[v] for c in cell) for v in ("intra", "inter:lf"))
-            row["i2m2 - best baseline (pts)"] = round(100 * (statistics.mean(c["i2m2:lf"] for c in cell)
-                                                             - best_baseline), 1)
+            base = max(("intra", "inter:lf"), key=lambda v: statistics.mean(c[v] for c in cell))
+            diff = np.mean([d["correct"]["i2m2:lf"] for d in runs], axis=0) - np.mean(
+                [d["correct"][base] for d in runs], axis=0)
+            mean, low, high = (100 * x for x in paired_bootstrap(diff, 2000, 0, level))
+            row.update({"best baseline": base, "i2m2 - best baseline (pts)": round(mean, 1),
+                        "interval": f"[{low:+.1f}, {high:+.1f}]",
+                        "verdict": "better" if low > 0 else "worse" if high < 0 else "not significant"})
             rows.append(row)
     env = environment(command="python -m bench.dependency_regimes " + " ".join(sys.argv[1:]),
                       classes=4, rows_train_val_test=args.rows, epochs=args.epochs, seeds=args.seeds,
+                      interval=f"paired bootstrap over test rows, 2000 resamples, level {level:.4f} per cell",
                       recipe="SGD lr 0.02 momentum 0.9 batch 40, val-best epoch, I2M2/intra initialised from stage 1",
                       wall_s=round(time.time() - t0))
     notes = ("Chance is 25 %. intra_strength is how often each modality's latent symbol equals the label; "

@@ -30,6 +30,10 @@ def test_dependency_regimes_smoke(tmp_path):
     rows = json.loads((tmp_path / "dependency_regimes.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["bayes %"] == 67.2  # intra 0.5, inter 0.5, 4 classes
     assert {"intra %", "inter:lf %", "i2m2:lf %"} <= set(rows[0])
+    row = rows[0]
+    low, high = (float(x) for x in row["interval"].strip("[]").split(","))
+    assert low <= row["i2m2 - best baseline (pts)"] <= high and row["best baseline"] in ("intra", "inter:lf")
+    assert row["verdict"] == ("better" if low > 0 else "worse" if high < 0 else "not significant")
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fsdd").is_dir(),
