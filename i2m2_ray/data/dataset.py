@@ -24,6 +24,11 @@ def cache_root(cfg: DatasetConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("I2M2_CACHE") or Path.home() / ".cache" / "i2m2_ray").expanduser()
 
 
+def stream_cache_dir(cfg: DatasetConfig) -> Path | None:
+    """Where a streamed split's decoded blocks are kept on each node (``None``: ``stream_cache`` is off)."""
+    return cache_root(cfg) / "stream" if cfg.stream_cache else None
+
+
 def resolve_dataset(cfg: DatasetConfig) -> Path:
     """A prepared dataset directory; the built-in one is generated once per knob setting and cached."""
     if cfg.path is not None:

@@ -185,7 +185,8 @@ class RayBatches:
 
     def __init__(self, dataset_dir: str | Path, split: str, batch_size: int, *, mode: str = "auto",
                  modalities: list[str] | None = None, shuffle: bool = False, seed: int = 0,
-                 reserved_cpus: float = 0.0, block_bytes: int | None = None) -> None:
+                 reserved_cpus: float = 0.0, block_bytes: int | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         import ray
 
         from i2m2_ray.data.ray_source import DEFAULT_BLOCK_BYTES, plan_units
@@ -195,6 +196,7 @@ class RayBatches:
         self.root = Path(dataset_dir)
         self.manifest = validate_dataset(self.root, deep=False, splits=[split])
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.cache_dir = cache_dir  # a stream's decoded blocks, per node (see ray_source); None: decode every epoch
         self.modalities = modalities or list(self.manifest.modalities)
         self.mode: Mode = choose_mode(self.root, [split], modalities=self.modalities,
                                       override=None if mode == "auto" else mode, reserved_cpus=reserved_cpus)
@@ -213,7 +215,8 @@ class RayBatches:
         from i2m2_ray.data.ray_source import RowGroupSource
 
         # One output block per read task: Ray would otherwise cut each into ~200 / len(units) pieces.
-        ds = ray.data.read_datasource(RowGroupSource(self.units, self.columns, seed),
+        cache = self.cache_dir if self.mode == "stream" else None  # a materialized split is decoded once anyway
+        ds = ray.data.read_datasource(RowGroupSource(self.units, self.columns, seed, cache),
                                       override_num_blocks=len(self.units))
         # Blocks in read-task order, not completion order: file order unshuffled, and a shuffled epoch
         # depends only on (seed, epoch). Read tasks are of similar size, so waiting in order costs little.

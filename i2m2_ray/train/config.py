@@ -24,6 +24,9 @@ class DatasetConfig:
     builtin: SyntheticConfig = field(default_factory=SyntheticConfig)
     # where the built-in dataset is written; default $I2M2_CACHE or ~/.cache/i2m2_ray
     cache_dir: str | None = field(default=None, metadata={"path": True})
+    # data_mode=stream: each node keeps the decoded blocks under <cache_dir>/stream (Arrow IPC) so epochs
+    # after the first map them instead of decoding Parquet again; false: decode every epoch
+    stream_cache: bool = True
 
     def __post_init__(self) -> None:
         # Tune and Train run trials in other working directories: a relative path must mean the caller's.

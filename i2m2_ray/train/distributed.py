@@ -68,6 +68,7 @@ def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
     materialized once here in the driver when it fits, else streamed to the workers' shards)."""
     if cfg.data_mode == "memory":
         return None
+    from i2m2_ray.data.dataset import stream_cache_dir
     from i2m2_ray.data.ray_data import RayBatches
     from i2m2_ray.train.loop import prepare_run
 
@@ -75,8 +76,10 @@ def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
     # shuffle: a streamed split's read tasks come in a new order every epoch (the workers add Ray's
     # local shuffle buffer); a materialized one is shuffled by that buffer only.
     reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods, shuffle=True,
-                        seed=cfg.seed, mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker)
-    print(f"training data: Ray Data, {reader.mode} ({root})", flush=True)
+                        seed=cfg.seed, mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker,
+                        cache_dir=stream_cache_dir(cfg.dataset))
+    cached = f"; decoded blocks kept under {reader.cache_dir}" if reader.mode == "stream" and reader.cache_dir else ""
+    print(f"training data: Ray Data, {reader.mode} ({root}{cached})", flush=True)
     return {"train": reader.dataset}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -169,3 +171,42 @@ def test_plan_units_names_an_unreadable_file(tmp_path):
     bad.write_bytes(b"PAR1 truncated")
     with pytest.raises(DataError, match=r"train\.parquet: unreadable Parquet"):
         plan_units([str(bad)], ["image"])
+
+
+def test_stream_cache_serves_later_epochs_from_mapped_blocks(ray_local, fastmri_dataset, tmp_path):
+    """Epoch 0 decodes Parquet and leaves one Arrow IPC file per read unit; epoch 1 gives exactly the
+    same rows from them (the Parquet files are then made unreadable to prove it); a torn entry is decoded
+    again, and a rewritten Parquet file gets new entries, never the stale ones."""
+    import shutil
+
+    from i2m2_ray.data.ray_source import cache_entry
+
+    root = tmp_path / "knee"
+    shutil.copytree(fastmri_dataset, root)
+    ref = load_split(root, "train")
+    cache = tmp_path / "cache"
+    reader = RayBatches(root, "train", batch_size=8, mode="stream", shuffle=True, seed=1, block_bytes=1,
+                        cache_dir=cache)
+    _assert_same_rows(_collect(reader.iter_batches(0)), ref)
+    entries = {cache_entry(u, reader.columns, cache) for u in reader.units}
+    assert len(entries) == len(reader.units) >= 2 and set(cache.glob("*.arrow")) == entries
+    files = [root / f for f in reader.manifest.splits["train"].files]
+    saved = {f: f.read_bytes() for f in files}
+    stats = {f: f.stat() for f in files}
+    for f in files:  # same size and mtime, so the same entries: now only the cache can serve the rows
+        f.write_bytes(b"\0" * len(saved[f]))
+        os.utime(f, ns=(stats[f].st_atime_ns, stats[f].st_mtime_ns))
+    _assert_same_rows(_collect(reader.iter_batches(1)), ref)
+    for f in files:
+        f.write_bytes(saved[f])
+        os.utime(f, ns=(stats[f].st_atime_ns, stats[f].st_mtime_ns))
+    torn = sorted(entries)[0]
+    torn.write_bytes(torn.read_bytes()[:100])
+    _assert_same_rows(_collect(reader.iter_batches(2)), ref)
+    assert torn.stat().st_size > 100  # decoded again and rewritten
+    os.utime(files[0], ns=(stats[files[0]].st_atime_ns, stats[files[0]].st_mtime_ns + 10**9))
+    fresh = {cache_entry(u, reader.columns, cache) for u in reader.units}
+    assert fresh != entries and not (fresh - entries) & set(cache.glob("*.arrow"))
+    uncached = RayBatches(root, "train", batch_size=8, mode="stream", shuffle=True, seed=1, block_bytes=1)
+    _assert_same_rows(_collect(uncached.iter_batches(0)), ref)
+    assert uncached.cache_dir is None
