@@ -189,7 +189,7 @@ class RayBatches:
                  cache_dir: str | Path | None = None) -> None:
         import ray
 
-        from i2m2_ray.data.ray_source import DEFAULT_BLOCK_BYTES, plan_units
+        from i2m2_ray.data.ray_source import DEFAULT_BLOCK_BYTES, STREAM_BLOCK_BYTES, plan_units
 
         if not ray.is_initialized():
             raise DataError("Ray is not initialised: call ray.init() first (or use i2m2_ray.data.memory)")
@@ -202,7 +202,7 @@ class RayBatches:
                                       override=None if mode == "auto" else mode, reserved_cpus=reserved_cpus)
         self.columns = needed_columns(self.manifest, self.modalities)
         self.units = plan_units([str(self.root / f) for f in self.manifest.splits[split].files], self.columns,
-                                block_bytes or DEFAULT_BLOCK_BYTES)
+                                block_bytes or (STREAM_BLOCK_BYTES if self.mode == "stream" else DEFAULT_BLOCK_BYTES))
         if self.mode == "materialize":
             self.dataset: ray.data.Dataset = self._read(None).materialize()
         else:

@@ -40,6 +40,11 @@ from ray.data.datasource import Datasource, ReadTask
 from i2m2_ray.errors import DataError
 
 DEFAULT_BLOCK_BYTES = 16 * 2**20
+# A streamed epoch's cost is then per read task, not per byte (~40 ms each through Ray Data's executor on
+# 2 loaded CPUs, against ~5 ms to map 12 cached blocks): 64 MiB units made a cached 3,000-row AV-MNIST epoch
+# 0.49 s instead of 0.87 (materialized: 0.36). The shuffle stays per epoch: units permuted, then Ray's
+# local buffer.
+STREAM_BLOCK_BYTES = 64 * 2**20
 CACHE_VERSION = 1
 CACHE_FREE_MARGIN = 2**30  # keep this much disk free: the cache is an optimisation, never a failure
 
