@@ -114,11 +114,11 @@ def copy_stage1(main_dir: Path, dest: Path) -> None:
     Tune directories their trials live in, nothing of stage 2 (which ``dest`` then runs with its own config)."""
     import shutil
 
-    from i2m2_ray.tune.state import FINAL, STATE
+    from i2m2_ray.tune.state import FINAL, STATE, ExperimentState
 
     if (dest / STATE).is_file():
         return
-    phases = json.loads((main_dir / STATE).read_text())["phases"]
+    phases = ExperimentState(main_dir).data["phases"]
     keep = {name: p for name, p in phases.items()
             if name == FINAL or (name.startswith("search-") and p.get("variant") in STAGE1)}
     dirs = {Path(row["trial_dir"]).parts[0] for p in keep.values()
@@ -126,7 +126,9 @@ def copy_stage1(main_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     for name in sorted(dirs):
         shutil.copytree(main_dir / name, dest / name, symlinks=True)
-    (dest / STATE).write_text(json.dumps({"phases": keep}, indent=1))
+    state = ExperimentState(dest)
+    for name, payload in keep.items():
+        state.record(name, payload)
 
 
 def dropout_pairs() -> list[tuple[str, str]]:

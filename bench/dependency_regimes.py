@@ -58,13 +58,10 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
 
 def test_correct(run_dir: Path) -> list[float]:
     """Per test row: 1 if the run's model classifies it correctly, else 0 (for the paired interval)."""
-    from i2m2_ray.train.epoch import predict
-    from i2m2_ray.tune.analysis import CPU, _load_run
+    from i2m2_ray.tune.comparison import predictions
     from i2m2_ray.tune.diagnosis import row_scores
 
-    cfg, model, data = _load_run(run_dir)
-    log_probs, _, labels = predict(model, data.eval_batches("test", cfg.eval_batch_size), CPU)
-    return row_scores(log_probs, labels)[0].tolist()
+    return row_scores(*predictions(run_dir))[0].tolist()
 
 
 def main() -> int:

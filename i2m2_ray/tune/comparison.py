@@ -37,12 +37,14 @@ def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     return variant.strip(), label.strip() or None, missing.strip() or None
 
 
-def _predictions(run: dict[str, Any], missing: str | None) -> tuple[np.ndarray, np.ndarray]:
-    key = (str(run["trial_dir"]), missing)
+def predictions(trial_dir: str | Path, missing: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A finished run's log-probs and labels on its test split (val when it has none), with ``missing``
+    absent; kept per process, since every comparison of a run needs the same arrays."""
+    key = (str(trial_dir), missing)
     if key not in _CACHE:
-        cfg, model, data = _load_run(run["trial_dir"])
+        cfg, model, data = _load_run(trial_dir)
         if missing is not None and missing not in model.droppable():
-            raise ConfigError(f"{run['variant']} without {missing}: not a modality it can do without "
+            raise ConfigError(f"{cfg.variant} without {missing}: not a modality it can do without "
                               f"({', '.join(model.droppable()) or 'none'})")
         drop = frozenset() if missing is None else frozenset({missing})
         log_probs, _, labels = predict(model, data.eval_batches(_split(data), cfg.eval_batch_size), CPU, missing=drop)
@@ -84,8 +86,8 @@ def comparison_table(exp_dir: str | Path, pairs: Sequence[tuple[str, str]] | Non
         seeds = sorted(set(runs_a) & set(runs_b))
         if not seeds:
             continue
-        pa = [_predictions(runs_a[s], parse_ref(a)[2]) for s in seeds]
-        pb = [_predictions(runs_b[s], parse_ref(b)[2]) for s in seeds]
+        pa = [predictions(runs_a[s]["trial_dir"], parse_ref(a)[2]) for s in seeds]
+        pb = [predictions(runs_b[s]["trial_dir"], parse_ref(b)[2]) for s in seeds]
         labels = pa[0][1]
         if any(not np.array_equal(p[1], labels) for p in pa + pb):
             raise ConfigError(f"comparison {a} vs {b}: the runs were not tested on the same rows")
