@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS, environment, save
+from bench.common import REPO, RESULTS, environment, markdown_table, save
 
 TARGET_S = 300.0
 
@@ -114,6 +114,18 @@ def ceiling_check(results: list[dict[str, Any]]) -> str:
             f"baseline {top} {100 * top_mean:.2f} % (target >= -1).")
 
 
+def paired_rows(exp_dir: Path) -> list[dict]:
+    """I2M2 minus each baseline on the same test rows (paired bootstrap; the report's comparison table)."""
+    from i2m2_ray.tune.comparison import comparison_table
+
+    frame = comparison_table(exp_dir)
+    if frame is None:
+        return []
+    return [{"A": r["A"], "B": r["B"], "A - B (pts)": round(r["accuracy_diff_pts"], 2),
+             "interval": f"[{r['low']:+.2f}, {r['high']:+.2f}]", "per seed": r["per_seed"], "verdict": r["verdict"]}
+            for r in frame.iter_rows(named=True)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="the shipped smoke experiment: checks the script")
@@ -138,6 +150,7 @@ def main() -> int:
             import polars as pl
 
             results = pl.read_csv(results_csv).to_dicts()
+        paired = paired_rows(out_dir) if rc == 0 else []
     table = printed_table(output)
     during = sampler.summary()
     print(f"\nload average (1 min) before {load_before[0]:.2f}, during mean {during['mean']} / max {during['max']}, "
@@ -162,10 +175,15 @@ def main() -> int:
              f"{load_before[0]:.2f} before, {during['mean']} on average (max {during['max']}) during and "
              f"{load_after[0]:.2f} after the run, on {os.cpu_count()} CPUs; a load above the CPU count means the "
              f"trials got less than their CPU and the wall time is inflated by roughly load / CPUs.\n\n"
-             f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n\n{ceiling}\n")
+             f"Results table printed by the service:\n\n{table or '(none: the run failed)'}\n\n{ceiling}\n\n"
+             "I2M2 minus each baseline on the same test rows (accuracy points; paired bootstrap interval over "
+             "the rows, each row averaged over the seeds' models, Bonferroni-corrected over the pairs; "
+             "python -m i2m2_ray.report prints the same):\n\n"
+             + "\n".join(markdown_table(paired) if paired else ["(none)"]) + "\n")
     save(name, "Default search service run, end to end (python -m i2m2_ray.tune)", env, rows, notes=notes,
          columns=["phase", "wall_s", "trials", "epochs", "val_best"], out=args.out,
-         payload={"results_markdown": table, "results": results, "output_tail": output[-4000:] if rc else ""})
+         payload={"results_markdown": table, "results": results, "paired": paired,
+                  "output_tail": output[-4000:] if rc else ""})
     return 0 if rc == 0 else 1
 
 
