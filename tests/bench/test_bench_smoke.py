@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.avmnist_table import DROPOUT, DROPOUT_VARIANTS, dropout_pairs
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -49,11 +50,11 @@ def test_avmnist_table_smoke(tmp_path):
     assert [(r["A"], r["B"]) for r in paired] == [
         (a, b) for a in ("i2m2:lf", "i2m2:lrtf") for b in [r["variant"] for r in table[:5]]]
     assert [(r["A"], r["B"]) for r in paired_ablation] == [("i2m2:lf", "i2m2:lf@scratch")]
+    trained = [("intra", 0), ("i2m2:lf", 0), ("i2m2:lrtf", 0), *((v, DROPOUT) for v in DROPOUT_VARIANTS)]
     assert {(r["model"], r["modality_dropout"], r["missing"]) for r in missing} == {
-        (m, p, gone) for m, p in [("intra", 0), ("i2m2:lf", 0), ("i2m2:lrtf", 0), ("i2m2:lf", 0.3), ("i2m2:lrtf", 0.3)]
-        for gone in ("(none)", "image", "waveform")}
-    assert len(paired_missing) == 14 and {r["verdict"] for r in paired + paired_missing} <= {
-        "A better", "B better", "not significant"}
+        (m, p, gone) for m, p in trained for gone in ("(none)", "image", "waveform")}
+    assert [(r["A"], r["B"]) for r in paired_missing] == dropout_pairs()
+    assert {r["verdict"] for r in paired + paired_missing} <= {"A better", "B better", "not significant"}
     assert {r["left_out"] for r in ablated} == {"(none)", "image", "waveform", "inter"}
     assert {r["model"] for r in entropy} == {r["variant"] for r in table}
     assert [(r["joint"], r["baseline"]) for r in verdict] == [("inter:lf", "intra"), ("inter:lrtf", "intra")]
