@@ -150,12 +150,13 @@ class RayTrainSession(Session):
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
 
-        from i2m2_ray.train.loop import EARLY_ARTIFACTS, MODEL_FILE
+        from i2m2_ray.train.loop import EARLY_ARTIFACTS, MODEL_FILE, REPORT_ARTIFACTS
 
         self.reports += 1
         metrics = {**metrics, **self.where()}
-        if self.reports == 1 and self.rank == 0 and self.publish_to is not None:
-            self.publish_to.publish(self.run_dir, EARLY_ARTIFACTS)
+        if self.rank == 0 and self.publish_to is not None:
+            self.publish_to.publish(self.run_dir, (*EARLY_ARTIFACTS, *REPORT_ARTIFACTS) if self.reports == 1
+                                    else REPORT_ARTIFACTS)
         if state is None:
             ray.train.report(metrics)
             return

@@ -23,7 +23,7 @@ from typing import Any
 from i2m2_ray.config import from_dict
 from i2m2_ray.errors import I2M2Error, TrainingDiverged
 from i2m2_ray.train.config import TrainConfig
-from i2m2_ray.train.loop import ARTIFACTS, EARLY_ARTIFACTS, MODEL_FILE, train
+from i2m2_ray.train.loop import ARTIFACTS, EARLY_ARTIFACTS, MODEL_FILE, REPORT_ARTIFACTS, train
 from i2m2_ray.train.session import STATE_FILE, Session, add_best, load_state_file, restore_best, save_state
 from i2m2_ray.tune.space import searched_values, with_values
 
@@ -40,8 +40,9 @@ class TuneSession(Session):
 
         self.reports += 1
         metrics = {**metrics, **where()}
-        if self.reports == 1 and self.run_dir is not None:
-            trial_storage().publish(self.run_dir, EARLY_ARTIFACTS)  # a stopped trial never publishes at its end
+        if self.run_dir is not None:  # a stopped trial never publishes at its end
+            trial_storage().publish(self.run_dir, (*EARLY_ARTIFACTS, *REPORT_ARTIFACTS) if self.reports == 1
+                                    else REPORT_ARTIFACTS)
         if state is None:
             tune.report(metrics)
             return

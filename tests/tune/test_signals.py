@@ -124,9 +124,13 @@ def test_train_cli_sigterm_after_the_first_epoch(tmp_path, small_dataset):
                                  "patience=200", "tensorboard=false"], stdout=so, stderr=se, cwd=REPO,
                                 env=child_env(PYTHONUNBUFFERED="1"), start_new_session=True)
     deadline = time.monotonic() + 240
-    while "epoch   1/" not in (logs / "stdout").read_text() and proc.poll() is None and time.monotonic() < deadline:
+    ckpts = tmp_path / "run" / "checkpoints"
+    # the epoch's line is printed before its checkpoint is written: wait for the checkpoint, or a loaded
+    # machine can deliver the signal between the two
+    while not (ckpts.is_dir() and any(ckpts.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, tail(logs / "stderr")
+    assert "epoch   1/" in (logs / "stdout").read_text()
     proc.send_signal(signal.SIGTERM)
     code = wait(proc, logs, 120)
     lines = stderr_lines(logs)
