@@ -38,14 +38,11 @@ INIT_FILE = "init.pt"
 RESULT_FILE = "final.json"  # not result.json: Tune writes its own into a trial directory
 ARTIFACTS = (MODEL_FILE, RESULT_FILE, INIT_FILE, "config.yaml", "tensorboard")  # what trials publish to storage
 EARLY_ARTIFACTS = (INIT_FILE, "config.yaml")  # at the first report: a trial the scheduler stops never ends
-# At every report: the curves so far. A trial the scheduler stops (also at its last epoch) never reaches its
-# end, and with reused trial processes no process exit makes Ray upload its scratch directory either.
-REPORT_ARTIFACTS = ("tensorboard",)
+REPORT_ARTIFACTS = ("tensorboard",)  # at every report: a stopped trial's curves (its reused process never exits)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 _BUILDABLE: set[tuple] = set()  # (dataset, manifest mtime, variant, model config) already checked here
-# Config sections that must match for a run directory to be resumed.
 RESUME_KEYS = ("variant", "seed", "dataset", "model", "optim", "init", "class_weighted", "metric", "mode",
-               "modality_dropout")
+               "modality_dropout")  # config sections that must match for a run directory to be resumed
 RESUME_DEFAULTS = {"modality_dropout": 0.0}  # keys added later: what an older checkpoint implies
 
 
