@@ -8,15 +8,17 @@ Datasets (written to a temp dir, deleted afterwards):
 
 Modes: Ray Data streaming (read pipeline per epoch; with the node's decoded-block cache, the default,
 and without it), Ray Data materialized once in the driver, plain pyarrow row-group reader inside a
-torch DataLoader, and the in-memory reader for reference. Each mode runs two epochs; the table reports
-epoch 2 (what every later epoch costs), epoch 1 (which fills the stream cache), and the time to the
-first batch of epoch 2. Usage: python -m bench.data_throughput [--rows N] [--out DIR]
+torch DataLoader, and the in-memory reader for reference. Each mode runs 1 + ``--epochs`` epochs; the table reports the
+median of the later ones (what every later epoch costs; one epoch is a fraction of a second, so a
+single one is mostly noise), epoch 1 (which fills the stream cache), and the median time to the first
+batch of the later epochs. Usage: python -m bench.data_throughput [--rows N] [--epochs K] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -61,17 +63,24 @@ stream is 0.04 CPU-s of that epoch; Ray's per-task overhead is small next to the
 other work holds the CPUs the stream gets at most the ratio of CPU costs (about 0.4-0.6x); with a CPU
 to spare the decode runs beside the consumer. What lifts the bound (`ray_source.py`, 2026-12-02): each
 node keeps a streamed split's decoded blocks as uncompressed Arrow IPC files and later epochs map them
-(the `decoded cache` rows; epoch 1 decodes and writes them), and a streamed split is read in 64 MiB units:
-once decoding is gone, an epoch's cost is per read task (~40 ms each through Ray Data's executor on 2
-loaded CPUs against ~5 ms to map 12 cached blocks; a cached 3,000-row AV-MNIST epoch took 0.49 s in
-64 MiB units, 0.87 s in 16 MiB units, 0.36 s materialized). What remains is that per-task and per-epoch
-start-up cost (first batch 0.1-0.5 s), which a materialized split pays once. The driver's side of a stream also
-costs CPU: its streaming executor spent 0.5-1.2 CPU-s per streamed MRI epoch with 18 read tasks
-(16 MiB units) and 0.3-0.6 with 4 (64 MiB), against 0.2 for a materialized epoch; fewer, larger
-units coarsen the shuffle; while decoding bounded the stream (before the cache), at load average ~9 the
-wall times did not separate 16, 32 and 64 MiB (`/tmp` script, 2 runs each); materialized splits keep 16 MiB.
-The MRI split in this bench is only 240 slices (under 4 batches), so its
-1,024-row shuffle buffer makes the stream read the whole epoch before the first batch.
+(the `decoded cache` rows; epoch 1 decodes and writes them). With decoding gone, two costs were left,
+both found with py-spy on the driver and by timing 7-8 cached epochs per setting (`/tmp` scripts):
+(1) Ray Data's streaming executor spends driver CPU per block (0.3 CPU-s per epoch with 2 read tasks,
+0.7 with 16; the time did not move when `ray.wait`'s 0.1 s poll in the executor was cut to 0.01 s), so
+a streamed split is now read in 128 MiB units, Ray Data's own default block size (a cached 4,000-row
+AV-MNIST epoch, one run: 0.42 s in 64 MiB units, 0.28 s in 128, 0.21 s materialized; another: 0.77 s
+in 16 MiB units, 0.32 s in 128); (2) Ray's
+local shuffle buffer copies every row once more in the consumer (`take` + concatenating the tensor
+columns: a third of the driver's samples), on top of the copy the read task makes when it puts its
+block into the object store. Larger units would coarsen a shuffle that relied on that buffer, so a
+shuffled stream now permutes the rows inside each read task (seeded by seed, epoch and unit; the cost
+lands in the read task's process, beside the consumer) and the consumer takes batches straight from
+the blocks (`iter_torch_batches(preshuffled=True)`: 0.71x materialized with the buffer, 1.00x without,
+same run). A materialized split still uses the buffer, over its blocks in random order. The buffer
+itself is now capped at about 128 MiB of rows (1,024 fastMRI slices were 0.8 GB per worker; now 256
+with batch 64). The MRI split here is 1,120 slices (40 generated volumes), so one epoch is about a
+second and Ray Data's per-epoch start-up (first batch 0.1-0.25 s, against 0.03-0.16 materialized) is a
+small part of it; on a 240-slice split it was most of the epoch.
 
 Which mode the trainer picks: `choose_mode` picks **materialize** whenever the needed columns fit in
 half the object store (all three datasets here; also the full AV-MNIST train split, ~2.9 GB, in the
@@ -122,12 +131,15 @@ def _epoch(make_iter) -> tuple[int, float, float]:
     return rows, time.perf_counter() - t0, first or 0.0
 
 
-def bench_dataset(name: str, root: Path, cache: Path, split: str = "train") -> list[dict]:
+def bench_dataset(name: str, root: Path, cache: Path, split: str = "train", epochs: int = 5) -> list[dict]:
     results = []
 
     def record(mode: str, make_iter, setup_s: float = 0.0) -> None:
         rows1, wall1, _ = _epoch(make_iter)
-        rows, wall, first = _epoch(make_iter)
+        later = [_epoch(make_iter) for _ in range(epochs)]
+        rows = later[0][0]
+        wall = statistics.median(w for _, w, _ in later)
+        first = statistics.median(f for _, _, f in later)
         results.append({"dataset": name, "mode": mode, "rows": rows, "epoch_s": round(wall, 3),
                         "rows_per_s": round(rows / wall), "epoch1_rows_per_s": round(rows1 / wall1),
                         "first_batch_s": round(first, 3), "setup_s": round(setup_s, 2)})
@@ -186,7 +198,7 @@ def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
 
     import h5py
 
-    vols = max(6, rows // 400)
+    vols = max(6, rows // 100)  # ~rows/4 train slices: an epoch long enough that per-epoch start-up is not all
     ids = [f"file{2000000 + i}" for i in range(vols)]
     rng = np.random.default_rng(0)
     (tmp / "mri_src").mkdir()
@@ -205,7 +217,8 @@ def make_datasets(tmp: Path, rows: int) -> dict[str, Path]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=4000, help="train rows for avmnist/builtin (mri: ~rows/10 slices)")
+    ap.add_argument("--rows", type=int, default=4000, help="train rows for avmnist/builtin (mri: ~rows/4 slices)")
+    ap.add_argument("--epochs", type=int, default=5, help="epochs after the first; the table gives their median")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
 
@@ -222,10 +235,11 @@ def main() -> int:
         print(f"prepared datasets in {time.perf_counter() - t:.1f} s", flush=True)
         results = []
         for name, root in datasets.items():
-            results += bench_dataset(name, root, Path(tmp) / "stream-cache")
+            results += bench_dataset(name, root, Path(tmp) / "stream-cache", epochs=args.epochs)
     ray.shutdown()
 
-    rows = [{"dataset": r["dataset"], "mode": r["mode"], "rows/s (epoch 2)": r["rows_per_s"],
+    later = f"rows/s (median, epochs 2-{args.epochs + 1})"
+    rows = [{"dataset": r["dataset"], "mode": r["mode"], later: r["rows_per_s"],
              "x materialized": r["vs_materialized"], "rows/s (epoch 1)": r["epoch1_rows_per_s"],
              "first batch s": r["first_batch_s"], "setup s": r["setup_s"],
              "rows": r["rows"],

@@ -20,8 +20,9 @@ class RayShardData:
     equal, disjoint part of every epoch); the validation and test splits, which every rank evaluates
     whole, are read into memory."""
 
-    def __init__(self, root: Path, manifest: Any, modalities: list[str], shard: Any) -> None:
+    def __init__(self, root: Path, manifest: Any, modalities: list[str], shard: Any, preshuffled: bool = False) -> None:
         self.manifest, self.modalities, self.shard, self.root = manifest, modalities, shard, root
+        self.preshuffled = preshuffled  # the driver's RayBatches.preshuffled: a stream permutes its rows itself
         self.held_out = InMemoryData(root, manifest, modalities, splits=("val", "test"))
 
     def train_labels(self) -> torch.Tensor:
@@ -33,7 +34,7 @@ class RayShardData:
         from i2m2_ray.data.ray_data import iter_torch_batches
 
         return iter_torch_batches(self.shard, self.manifest, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                  modalities=self.modalities)
+                                  modalities=self.modalities, preshuffled=self.preshuffled)
 
     def eval_batches(self, split: str, batch_size: int):
         return self.held_out.eval_batches(split, batch_size)

@@ -2,13 +2,12 @@
 
 Why not ``ray.data.read_parquet``: measured on 2 CPUs (Ray 2.60, datasource V2), every execution,
 i.e. every streamed epoch, re-lists the files and re-reads their footers on a fresh pool of 32
-``FooterReader`` actors (~2 s before any row is read), then bin-packs row groups into 128 MiB read
-units, so a 4,000-row AV-MNIST split became 3 blocks and the first batch waited for most of the file;
-``randomize_block_order`` on top is an all-to-all barrier that waits for every block. Here the
-footers are read once, in the driver, each read task reads a few whole row groups (about
-``block_bytes`` of the needed columns, ~13 MiB for the datasets we write), and shuffling permutes the
-read tasks per epoch, so reading pipelines with training from the first block on and never holds more
-than the blocks in flight. Blocks are the pyarrow tables Parquet gives: ``arrow.fixed_shape_tensor``
+``FooterReader`` actors (~2 s before any row is read), decodes 128 MiB read units again, and
+``randomize_block_order`` on top is an all-to-all barrier that waits for every block. Here the footers
+are read once, in the driver; each read task reads a few whole row groups (about ``block_bytes`` of the
+needed columns); and shuffling permutes the read tasks per epoch and the rows inside each task's block,
+so reading pipelines with training, never holds more than the blocks in flight, and the consumer needs
+no shuffle buffer of its own. Blocks are the pyarrow tables Parquet gives: ``arrow.fixed_shape_tensor``
 columns stay zero-copy Arrow buffers until the collate step.
 
 With a ``cache_dir``, a read task also keeps its decoded block as an uncompressed Arrow IPC file on its
@@ -40,11 +39,12 @@ from ray.data.datasource import Datasource, ReadTask
 from i2m2_ray.errors import DataError
 
 DEFAULT_BLOCK_BYTES = 16 * 2**20
-# A streamed epoch's cost is then per read task, not per byte (~40 ms each through Ray Data's executor on
-# 2 loaded CPUs, against ~5 ms to map 12 cached blocks): 64 MiB units made a cached 3,000-row AV-MNIST epoch
-# 0.49 s instead of 0.87 (materialized: 0.36). The shuffle stays per epoch: units permuted, then Ray's
-# local buffer.
-STREAM_BLOCK_BYTES = 64 * 2**20
+# Streamed splits: Ray Data's own default block size (``DataContext.target_max_block_size``). Once decoding is
+# cached, a streamed epoch's cost is per block, in the driver's streaming executor, not per byte: a cached
+# 4,000-row AV-MNIST epoch (203 MiB) took 0.42 s in 64 MiB units and 0.28 s in 128 MiB units against 0.21 s
+# materialized (idle 2 CPUs, median of 7 epochs). Larger units coarsen the block order, so a shuffled read
+# task also permutes its rows (one ``take`` in the worker, beside the consumer), then Ray's local buffer mixes.
+STREAM_BLOCK_BYTES = 128 * 2**20
 CACHE_VERSION = 1
 CACHE_FREE_MARGIN = 2**30  # keep this much disk free: the cache is an optimisation, never a failure
 
@@ -115,9 +115,11 @@ def _write_cached(table: pa.Table, entry: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_unit(unit: ReadUnit, columns: list[str], cache_dir: str | None = None) -> Iterable[pa.Table]:
+def read_unit(unit: ReadUnit, columns: list[str], cache_dir: str | None = None,
+              shuffle_seed: list[int] | None = None) -> Iterable[pa.Table]:
     """The read task's body (runs in a Ray worker): one block per unit, only the needed columns; from
-    (and into) the node's decoded cache when ``cache_dir`` is set."""
+    (and into) the node's decoded cache when ``cache_dir`` is set (rows as stored, whatever the seed);
+    with ``shuffle_seed``, its rows in the permutation that seed fixes."""
     entry = cache_entry(unit, columns, cache_dir) if cache_dir else None
     table = _read_cached(entry) if entry else None
     if table is None:
@@ -125,12 +127,15 @@ def read_unit(unit: ReadUnit, columns: list[str], cache_dir: str | None = None) 
         table = pq.ParquetFile(unit.path).read_row_groups(list(unit.row_groups), columns=columns, use_threads=False)
         if entry:
             _write_cached(table, entry)
+    if shuffle_seed is not None:
+        table = table.take(np.random.default_rng(shuffle_seed).permutation(table.num_rows))
     yield table
 
 
 class RowGroupSource(Datasource):
     """Read units planned once; ``get_read_tasks`` (called once per execution, i.e. per epoch) returns
-    them in file order, or permuted by ``seed`` and the execution count when ``seed`` is set."""
+    them in file order, or, when ``seed`` is set, permuted by ``seed`` and the execution count, each
+    unit's rows permuted too."""
 
     def __init__(self, units: list[ReadUnit], columns: list[str], seed: int | None = None,
                  cache_dir: str | Path | None = None) -> None:
@@ -148,14 +153,16 @@ class RowGroupSource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: object = None) -> list[ReadTask]:
         order = list(range(len(self.units)))
+        execution = self.executions
         if self.seed is not None:
-            order = np.random.default_rng([self.seed, self.executions]).permutation(len(self.units)).tolist()
+            order = np.random.default_rng([self.seed, execution]).permutation(len(self.units)).tolist()
         self.executions += 1
         tasks = []
         for i in order:
             unit = self.units[i]
             meta = BlockMetadata(num_rows=unit.rows, size_bytes=int(unit.nbytes), exec_stats=None,
                                  input_files=(unit.path,))
-            tasks.append(ReadTask(functools.partial(read_unit, unit, self.columns, self.cache_dir), meta,
+            rows_seed = None if self.seed is None else [self.seed, execution, i]
+            tasks.append(ReadTask(functools.partial(read_unit, unit, self.columns, self.cache_dir, rows_seed), meta,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

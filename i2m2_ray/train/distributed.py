@@ -19,7 +19,7 @@ from typing import Any
 from i2m2_ray.errors import CheckpointError, ConfigError, I2M2Error
 from i2m2_ray.train.config import TrainConfig
 from i2m2_ray.train.session import STATE_FILE
-from i2m2_ray.train.worker import PUBLISH_KEY, RUN_NAME, train_fn_per_worker
+from i2m2_ray.train.worker import PRESHUFFLED_KEY, PUBLISH_KEY, RUN_NAME, train_fn_per_worker
 
 CONTROLLER_FAILURE_LIMIT = 2  # Ray's default (-1) retries an unplaceable worker group forever
 
@@ -63,9 +63,9 @@ def check_placement(cfg: TrainConfig, use_gpu: bool) -> None:
     check_fits([{}, *[worker] * cfg.workers], alive_nodes(), names, "lower workers or cpus_per_worker")
 
 
-def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The training split as a Ray Dataset for ``data_mode`` != memory (mode chosen by ``choose_mode``:
-    materialized once here in the driver when it fits, else streamed to the workers' shards)."""
+def train_reader(cfg: TrainConfig) -> Any:
+    """The training split's ``RayBatches`` for ``data_mode`` != memory (mode chosen by ``choose_mode``:
+    materialized once here in the driver when it fits, else streamed to the workers' shards), else None."""
     if cfg.data_mode == "memory":
         return None
     from i2m2_ray.data.dataset import stream_cache_dir
@@ -73,14 +73,14 @@ def train_datasets(cfg: TrainConfig) -> dict[str, Any] | None:
     from i2m2_ray.train.loop import prepare_run
 
     root, _, mods = prepare_run(cfg)
-    # shuffle: a streamed split's read tasks come in a new order every epoch (the workers add Ray's
-    # local shuffle buffer); a materialized one is shuffled by that buffer only.
+    # shuffle: a streamed split's read tasks, and the rows inside each, come in a new order every epoch; a
+    # materialized one is shuffled by the workers' local shuffle buffer over its blocks in random order.
     reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods, shuffle=True,
                         seed=cfg.seed, mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker,
                         cache_dir=stream_cache_dir(cfg.dataset))
     cached = f"; decoded blocks kept under {reader.cache_dir}" if reader.mode == "stream" and reader.cache_dir else ""
     print(f"training data: Ray Data, {reader.mode} ({root}{cached})", flush=True)
-    return {"train": reader.dataset}
+    return reader
 
 
 def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage: Any = None, callbacks: list[Any] | None = None):
@@ -107,10 +107,13 @@ def build_trainer(cfg: TrainConfig, *, name: str = RUN_NAME, storage: Any = None
     if storage is not None:
         config[PUBLISH_KEY] = storage
         where = {"storage_path": storage.root, "storage_filesystem": storage.fs}
+    reader = train_reader(cfg)
+    if reader is not None:
+        config[PRESHUFFLED_KEY] = reader.preshuffled
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=config,
-        datasets=train_datasets(cfg),
+        datasets=None if reader is None else {"train": reader.dataset},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources,
                                      placement_strategy=cfg.placement_strategy),
         run_config=RunConfig(

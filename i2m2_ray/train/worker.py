@@ -30,6 +30,7 @@ from i2m2_ray.train.session import (
 
 RUN_NAME = "checkpoints"  # Ray Train run name: its directory is run_dir/checkpoints, as for local runs
 PUBLISH_KEY = "_publish_to"  # train_loop_config key of the Storage rank 0 publishes to (not a TrainConfig key)
+PRESHUFFLED_KEY = "_preshuffled"  # ... and whether the training shard's rows come permuted (a shuffled stream)
 
 
 class RayTrainSession(Session):
@@ -205,6 +206,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     config = dict(config)
     publish_to = config.pop(PUBLISH_KEY, None)
+    preshuffled = bool(config.pop(PRESHUFFLED_KEY, False))
     cfg = from_dict(TrainConfig, config)
     if torch.cuda.is_available() and str(cfg.gpu).lower() != "false":
         torch.cuda.set_device(ray.train.torch.get_device())
@@ -215,7 +217,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         from i2m2_ray.train.loop import prepare_run
 
         root, manifest, mods = prepare_run(cfg)
-        data = RayShardData(root, manifest, mods, ray.train.get_dataset_shard("train"))
+        data = RayShardData(root, manifest, mods, ray.train.get_dataset_shard("train"), preshuffled)
     result = train(cfg, session=session, data=data, console=session.rank == 0)
     if session.rank == 0 and publish_to is not None:
         publish_to.publish(cfg.run_dir, ARTIFACTS)

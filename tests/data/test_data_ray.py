@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from i2m2_ray.data.format import load_manifest
 from i2m2_ray.data.memory import iterate_batches, load_split
 from i2m2_ray.data.ray_data import (
+    SHUFFLE_BUFFER_BYTES,
+    SHUFFLE_BUFFER_ROWS,
     RayBatches,
     choose_mode,
     estimate_bytes,
     iter_torch_batches,
     needed_columns,
+    shuffle_buffer_rows,
 )
 from i2m2_ray.data.ray_source import plan_units
 from i2m2_ray.data.validate import validate_dataset
@@ -153,17 +156,21 @@ def test_stream_epochs_hold_exactly_the_split(ray_local, builtin_dataset, fastmr
 
 
 def test_stream_read_order_changes_every_execution(ray_local, builtin_dataset):
-    """The Dataset handed to Ray Train is executed once per epoch: its read tasks come permuted anew."""
+    """The Dataset handed to Ray Train is executed once per epoch: its read tasks come permuted anew, and
+    so do the rows inside each block (large stream units would otherwise keep their stored order)."""
     reader = RayBatches(builtin_dataset, "train", batch_size=16, mode="stream", shuffle=True, seed=0, block_bytes=1)
 
-    def block_order(it):
-        return [int(b["label"].to_numpy().astype("int64") @ (1 + np.arange(len(b))))
+    def blocks(it):
+        return [tuple(b["label"].to_numpy().astype("int64"))
                 for b in it.iter_batches(batch_size=None, batch_format="pyarrow")]
 
     it = reader.dataset.iterator()
-    orders = [block_order(it) for _ in range(3)]
-    assert sorted(orders[0]) == sorted(orders[1]) == sorted(orders[2]) and len(orders[0]) == len(reader.units)
-    assert len({tuple(o) for o in orders}) > 1
+    epochs = [blocks(it) for _ in range(3)]
+    contents = [[tuple(sorted(b)) for b in e] for e in epochs]
+    assert sorted(contents[0]) == sorted(contents[1]) == sorted(contents[2]) and len(epochs[0]) == len(reader.units)
+    assert len({tuple(c) for c in contents}) > 1
+    same_block = {c: b for c, b in zip(contents[0], epochs[0], strict=True)}
+    assert any(same_block[c] != b for c, b in zip(contents[1], epochs[1], strict=True))
 
 
 def test_plan_units_names_an_unreadable_file(tmp_path):
@@ -210,3 +217,13 @@ def test_stream_cache_serves_later_epochs_from_mapped_blocks(ray_local, fastmri_
     uncached = RayBatches(root, "train", batch_size=8, mode="stream", shuffle=True, seed=1, block_bytes=1)
     _assert_same_rows(_collect(uncached.iter_batches(0)), ref)
     assert uncached.cache_dir is None
+
+
+def test_shuffle_buffer_holds_about_one_block_of_large_rows(builtin_dataset, fastmri_dataset):
+    """1,024 fastMRI slices would hold 0.8 GB per worker: the buffer is capped by bytes, never below 4 batches."""
+    small, large = load_manifest(builtin_dataset), load_manifest(fastmri_dataset)
+    assert shuffle_buffer_rows(small, 16) == SHUFFLE_BUFFER_ROWS
+    slice_bytes = 2 * 320 * 320 * 4  # magnitude + phase, float32
+    assert shuffle_buffer_rows(large, 16) == SHUFFLE_BUFFER_BYTES // slice_bytes < SHUFFLE_BUFFER_ROWS
+    assert shuffle_buffer_rows(large, 64) == 256
+    assert shuffle_buffer_rows(large, 16, ["magnitude"]) == SHUFFLE_BUFFER_BYTES // (slice_bytes // 2)

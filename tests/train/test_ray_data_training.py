@@ -47,12 +47,13 @@ def test_stream_shards_of_each_epoch_hold_the_split_exactly(ray_local, small_dat
 
     ref = load_split(small_dataset, "train")
     reader = RayBatches(small_dataset, "train", 16, mode="stream", shuffle=True, seed=0, block_bytes=1)
+    assert reader.preshuffled  # what build_trainer hands the workers: the read tasks permute, no local buffer
     mods = list(reader.manifest.modalities)
     shards = reader.dataset.streaming_split(2, equal=True)
     got: dict[tuple[int, int], tuple[dict, torch.Tensor]] = {}
 
     def consume(rank: int) -> None:
-        data = RayShardData(small_dataset, reader.manifest, mods, shards[rank])
+        data = RayShardData(small_dataset, reader.manifest, mods, shards[rank], reader.preshuffled)
         for epoch in (0, 1):
             xs, ys = zip(*data.train_batches(16, 0, epoch, rank, 2))
             got[rank, epoch] = ({m: torch.cat([x[m] for x in xs]) for m in mods}, torch.cat(ys))
