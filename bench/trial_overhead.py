@@ -104,7 +104,7 @@ class NodePss:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop.wait(0.5):
+        while not self.stop.wait(0.2):
             total = 0
             for child in _children(self.pid):
                 try:
