@@ -43,7 +43,7 @@ DEFAULT_BLOCK_BYTES = 16 * 2**20
 # cached, a streamed epoch's cost is per block, in the driver's streaming executor, not per byte: a cached
 # 4,000-row AV-MNIST epoch (203 MiB) took 0.42 s in 64 MiB units and 0.28 s in 128 MiB units against 0.21 s
 # materialized (idle 2 CPUs, median of 7 epochs). Larger units coarsen the block order, so a shuffled read
-# task also permutes its rows (one ``take`` in the worker, beside the consumer), then Ray's local buffer mixes.
+# task also permutes its rows (one ``take`` in the worker, beside the consumer) instead of the consumer's buffer.
 STREAM_BLOCK_BYTES = 128 * 2**20
 CACHE_VERSION = 1
 CACHE_FREE_MARGIN = 2**30  # keep this much disk free: the cache is an optimisation, never a failure
