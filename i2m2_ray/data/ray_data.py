@@ -219,7 +219,8 @@ class RayBatches:
         self.units = plan_units([str(self.root / f) for f in self.manifest.splits[split].files], self.columns,
                                 block_bytes or (STREAM_BLOCK_BYTES if self.mode == "stream" else DEFAULT_BLOCK_BYTES))
         if self.mode == "materialize":
-            self.dataset: ray.data.Dataset = self._read(None).materialize()
+            # Shuffled: units and rows permuted once, here; Ray Train workers get this block order every epoch.
+            self.dataset: ray.data.Dataset = self._read(seed if shuffle else None, reshuffle=False).materialize()
         else:
             self.dataset = self._read(seed if shuffle else None)
         self._shards: dict[int, list[ray.data.Dataset]] = {}
@@ -230,14 +231,14 @@ class RayBatches:
         needs no local shuffle buffer (``iter_torch_batches(preshuffled=True)``)."""
         return self.shuffle and self.mode == "stream"
 
-    def _read(self, seed: int | None) -> ray.data.Dataset:
+    def _read(self, seed: int | None, reshuffle: bool = True) -> ray.data.Dataset:
         import ray.data
 
         from i2m2_ray.data.ray_source import RowGroupSource
 
         # One output block per read task: Ray would otherwise cut each into ~200 / len(units) pieces.
         cache = self.cache_dir if self.mode == "stream" else None  # a materialized split is decoded once anyway
-        ds = ray.data.read_datasource(RowGroupSource(self.units, self.columns, seed, cache),
+        ds = ray.data.read_datasource(RowGroupSource(self.units, self.columns, seed, cache, reshuffle),
                                       override_num_blocks=len(self.units))
         # Blocks in read-task order, not completion order: file order unshuffled, and a shuffled epoch
         # depends only on (seed, epoch). Read tasks are of similar size, so waiting in order costs little.

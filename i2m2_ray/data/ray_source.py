@@ -135,13 +135,15 @@ def read_unit(unit: ReadUnit, columns: list[str], cache_dir: str | None = None,
 class RowGroupSource(Datasource):
     """Read units planned once; ``get_read_tasks`` (called once per execution, i.e. per epoch) returns
     them in file order, or, when ``seed`` is set, permuted by ``seed`` and the execution count, each
-    unit's rows permuted too."""
+    unit's rows permuted too. ``reshuffle=False`` keeps the first execution's permutation for every
+    later one (a materialized read: Ray may execute it again, e.g. to split it, and must get the same rows)."""
 
     def __init__(self, units: list[ReadUnit], columns: list[str], seed: int | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, reshuffle: bool = True) -> None:
         super().__init__()
         self.units, self.columns, self.seed = units, columns, seed
         self.cache_dir = str(cache_dir) if cache_dir else None
+        self.reshuffle = reshuffle
         self.executions = 0
 
     def get_name(self) -> str:
@@ -153,7 +155,7 @@ class RowGroupSource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: object = None) -> list[ReadTask]:
         order = list(range(len(self.units)))
-        execution = self.executions
+        execution = self.executions if self.reshuffle else 0
         if self.seed is not None:
             order = np.random.default_rng([self.seed, execution]).permutation(len(self.units)).tolist()
         self.executions += 1

@@ -74,7 +74,7 @@ def train_reader(cfg: TrainConfig) -> Any:
 
     root, _, mods = prepare_run(cfg)
     # shuffle: a streamed split's read tasks, and the rows inside each, come in a new order every epoch; a
-    # materialized one is shuffled by the workers' local shuffle buffer only (its blocks in file order).
+    # materialized one is permuted once when read, then mixed per epoch by the workers' local shuffle buffer.
     reader = RayBatches(root, "train", cfg.optim.batch_size // cfg.workers, modalities=mods, shuffle=True,
                         seed=cfg.seed, mode=cfg.data_mode, reserved_cpus=cfg.workers * cfg.cpus_per_worker,
                         cache_dir=stream_cache_dir(cfg.dataset))
