@@ -49,7 +49,11 @@ def run_phase(exp: ExperimentConfig, name: str, variant: str, param_space: dict[
 
     storage = open_storage(exp.output_dir)
     path, fs = storage.path(name), storage.tune_args()["storage_filesystem"]
-    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+    # Tune writes tuner.pkl when the Tuner is built, its experiment (and searcher) state only once the run has
+    # started: a driver stopped in between left nothing to restore, and a restore would get a searcher with no
+    # search space (tuner.pkl leaves the param_space out). Such a run starts again.
+    saved = any(f.startswith("experiment_state") for f in storage.list(name))
+    if resume and saved and tune.Tuner.can_restore(path, storage_filesystem=fs):
         print(f"  resuming {name} from {storage.location(name)}", flush=True)
         tuner = tune.Tuner.restore(path, make_trainable(exp), resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)

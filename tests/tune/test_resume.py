@@ -89,3 +89,24 @@ def test_sigint_then_resume_runs_each_trial_once(tmp_path):
     assert len(list(stage1.glob("*/params.json"))) == 4  # no trial was started twice
     table = (out / "results.csv").read_text().splitlines()
     assert len(table) == 1 + 3 and all(",done" in row for row in table[1:])
+
+
+def test_a_search_stopped_before_tune_first_saved_its_searcher_resumes(ray_local, tmp_path):
+    """Tune writes ``tuner.pkl`` when a Tuner is built, without its param_space. A driver stopped between
+    that and Tune's first searcher checkpoint left a run whose restore got an OptunaSearch with no space
+    ("no search space has been defined"; seen once in CI, stopping the smoke experiment early in stage 2)."""
+    from ray import tune
+
+    from i2m2_ray.tune.experiment import load_experiment
+    from i2m2_ray.tune.phases import run_phase
+    from i2m2_ray.tune.service import build_tuner, trial_param_space
+    from tests.tune.procs import SMOKE_EXPERIMENT
+
+    exp = load_experiment(SMOKE_EXPERIMENT, [f"output_dir={tmp_path / 'exp'}", "variants=[unimodal:image]",
+                                             "budget.trials=2", "budget.max_epochs=1"])
+    name, variant = "search-unimodal-image", "unimodal:image"
+    space = trial_param_space(exp, variant, {})
+    build_tuner(exp, name, variant, space, search=True)  # all that the stopped driver left behind
+    assert tune.Tuner.can_restore(str(tmp_path / "exp" / name))
+    grid = run_phase(exp, name, variant, space, search=True, resume=True)
+    assert len(grid) == 2 and grid.num_errors == 0 and grid.num_terminated == 2
